@@ -1,0 +1,115 @@
+"""What every exportable model provides: a parallel prefill and a recurrent step over named state.
+
+The state of a model is a flat ordered dict ``{"{layer}.{name}": tensor}``; export turns each
+entry into the graph inputs ``past.{layer}.{name}`` and outputs ``present.{layer}.{name}``.
+State tensors are fp32 whatever the activation dtype (sums grow with T and overflow fp16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from linexport.errors import LinexportError
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state tensor. ``shape`` starts with the batch dim, given as the string "batch"."""
+
+    name: str  # "{layer}.{name}", e.g. "0.kv"
+    shape: tuple  # ("batch", 4, 64, 65)
+    dtype: torch.dtype = torch.float32
+    doc: str = ""
+
+
+class CausalLM(nn.Module):
+    """Base class: subclasses set ``arch`` and ``config_class`` and implement the four methods."""
+
+    arch: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    # -- parallel ---------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
+                return_state: bool = False):
+        """input_ids [B, T] int64 (right-padded), lengths [B] int64 (None: all T).
+
+        Returns logits [B, T, V] (rows past a sequence's length are unspecified), plus the
+        state after each sequence's last real token when ``return_state``. Linear in T.
+        """
+        raise NotImplementedError
+
+    # -- recurrent --------------------------------------------------------------------------
+    def state_specs(self) -> list[StateSpec]:
+        raise NotImplementedError
+
+    def initial_state(self, batch_size: int, device=None) -> dict[str, torch.Tensor]:
+        """The state before any token: zeros, fp32, shapes from ``state_specs``."""
+        state = {}
+        for spec in self.state_specs():
+            shape = tuple(batch_size if d == "batch" else d for d in spec.shape)
+            state[spec.name] = torch.zeros(shape, dtype=spec.dtype, device=device)
+        return state
+
+    def step(self, input_ids: torch.Tensor, position: torch.Tensor,
+             state: dict[str, torch.Tensor]):
+        """One token per sequence. input_ids [B] int64, position [B] int64 (0-based index of
+        this token in its sequence). Returns (logits [B, V], new state)."""
+        raise NotImplementedError
+
+    # -- helpers shared by the archs --------------------------------------------------------
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
+                full_logits: bool = False):
+        """Returns (logits of each sequence's last real token [B, V] — or [B, T, V] when
+        ``full_logits`` — , state after the last real token)."""
+        logits, state = self.forward(input_ids, lengths, return_state=True)
+        if full_logits:
+            return logits, state
+        return last_token_logits(logits, lengths), state
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+
+def last_token_logits(logits: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """logits [B, T, V], lengths [B] -> [B, V] at index lengths-1."""
+    if lengths is None:
+        return logits[:, -1]
+    idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
+    return logits.gather(1, idx).squeeze(1)
+
+
+def check_input_ids(input_ids: torch.Tensor, lengths: torch.Tensor | None, vocab_size: int):
+    """Validates the parallel inputs; raises LinexportError with the fix."""
+    if input_ids.dim() != 2 or input_ids.dtype != torch.int64:
+        raise LinexportError(f"expected input_ids int64 [batch, seq], got {input_ids.dtype} "
+                             f"{list(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise LinexportError("expected at least one token per sequence, got seq length 0")
+    if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise LinexportError(f"token ids must be in [0, {vocab_size}), got range [{lo}, {hi}]")
+        if lengths is not None:
+            if lengths.shape != input_ids.shape[:1]:
+                raise LinexportError(f"expected lengths of shape [{input_ids.shape[0]}], got "
+                                     f"{list(lengths.shape)}")
+            if int(lengths.min()) < 1 or int(lengths.max()) > input_ids.shape[1]:
+                raise LinexportError(f"lengths must be in [1, {input_ids.shape[1]}], got "
+                                     f"{lengths.tolist()}")
+
+
+def length_mask(lengths: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
+    """[B, T] bool, True at real (non-padded) positions."""
+    pos = torch.arange(seq, device=device)
+    if lengths is None:
+        return torch.ones(batch, seq, dtype=torch.bool, device=device)
+    return pos.unsqueeze(0) < lengths.unsqueeze(1)

@@ -1,0 +1,176 @@
+"""Causal linear-attention language model (Katharopoulos et al. 2020, "Transformers are RNNs").
+
+Pre-norm blocks: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)). Attention is
+``o = φ(q)ᵀ S / (φ(q)ᵀ z + eps)`` with φ = elu + 1 (or relu). Positions: rotary applied to q
+and k *before* φ (so φ keeps features non-negative and the normaliser positive, and the whole
+state stays one tensor), or learned absolute embeddings. Either works step by step.
+
+State per layer: ``{layer}.kv`` fp32 [B, H, Dk, Dv + 1] — numerator S with normaliser z as
+its last column. Fixed size, whatever the context length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from linexport.models.base import CausalLM, StateSpec, check_input_ids, length_mask
+from linexport.models.config import require
+from linexport.models.layers import MLP, RMSNorm, apply_rotary, rotary_angles
+from linexport.models.ops.linear_attention import (chunk_causal_linear_attention,
+                                                   step_causal_linear_attention)
+from linexport.models.ops.naive import feature_map
+
+
+@dataclass
+class LinearConfig:
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    head_dim: int = 64
+    d_ff: int = 1024
+    feature_map: Literal["elu", "relu"] = "elu"
+    eps: float = 1e-6
+    pos_emb: Literal["rotary", "learned"] = "rotary"
+    rotary_base: float = 10000.0
+    max_seq_len: int = 4096  # learned positions only; rotary has no limit
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    chunk_size: int = 64  # parallel form only; results do not depend on it
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff",
+                     "max_seq_len", "chunk_size"):
+            require(getattr(self, name) >= 1, f"config LinearConfig.{name} must be >= 1, got "
+                                              f"{getattr(self, name)}")
+        require(self.eps > 0, f"config LinearConfig.eps must be > 0, got {self.eps}")
+
+
+class LinearAttention(nn.Module):
+    def __init__(self, config: LinearConfig):
+        super().__init__()
+        self.config = config
+        inner = config.n_heads * config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, config.d_model, bias=False)
+
+    def _qkv(self, x, cos, sin):
+        """x [B, T, C] -> φ(q), φ(k), v each [B, H, T, D]."""
+        B, T, _ = x.shape
+        H, D = self.config.n_heads, self.config.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        fm = self.config.feature_map
+        return feature_map(q, fm), feature_map(k, fm), v
+
+    def forward(self, x, mask, cos, sin):
+        """x [B, T, C], mask [B, T] bool -> (y [B, T, C], state [B, H, Dk, Dv+1])."""
+        q, k, v = self._qkv(x, cos, sin)
+        k = k * mask[:, None, :, None].to(k.dtype)  # padded tokens add nothing to the state
+        o, state = chunk_causal_linear_attention(q, k, v, self.config.eps, self.config.chunk_size)
+        B, H, T, D = o.shape
+        return self.out(o.transpose(1, 2).reshape(B, T, H * D)), state
+
+    def step(self, x, state, cos, sin):
+        """x [B, C], state [B, H, Dk, Dv+1] -> (y [B, C], new state)."""
+        q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))
+        o, state = step_causal_linear_attention(q, k, v, state, self.config.eps)
+        return self.out(o.flatten(1)), state
+
+
+class Block(nn.Module):
+    def __init__(self, config: LinearConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = LinearAttention(config)
+        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config.d_model, config.d_ff)
+
+    def forward(self, x, mask, cos, sin):
+        a, state = self.attn(self.norm1(x), mask, cos, sin)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), state
+
+    def step(self, x, state, cos, sin):
+        a, state = self.attn.step(self.norm1(x), state, cos, sin)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), state
+
+
+class LinearLM(CausalLM):
+    arch = "linear"
+    config_class = LinearConfig
+
+    def __init__(self, config: LinearConfig):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.pos_emb == "learned":
+            self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(_init_weights)
+
+    def state_specs(self):
+        c = self.config
+        return [StateSpec(f"{i}.kv", ("batch", c.n_heads, c.head_dim, c.head_dim + 1), torch.float32,
+                          "numerator S = Σ φ(k) vᵀ with normaliser z = Σ φ(k) as last column")
+                for i in range(c.n_layers)]
+
+    def _positions(self, positions):
+        """positions [B, T] -> (additive embedding or None, cos, sin or None, None)."""
+        c = self.config
+        if c.pos_emb == "learned":
+            return self.pos_embed(positions), None, None
+        cos, sin = rotary_angles(positions, c.head_dim, c.rotary_base)
+        return None, cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, D/2]
+
+    def forward(self, input_ids, lengths=None, return_state=False):
+        c = self.config
+        check_input_ids(input_ids, lengths, c.vocab_size)
+        B, T = input_ids.shape
+        _check_positions(c, T)
+        positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
+        mask = length_mask(lengths, B, T, input_ids.device)
+        x = self.embed(input_ids)
+        pos, cos, sin = self._positions(positions)
+        if pos is not None:
+            x = x + pos
+        states = {}
+        for i, block in enumerate(self.blocks):
+            x, states[f"{i}.kv"] = block(x, mask, cos, sin)
+        logits = self.lm_head(self.norm(x))
+        return (logits, states) if return_state else logits
+
+    def step(self, input_ids, position, state):
+        c = self.config
+        x = self.embed(input_ids)  # [B, C]
+        pos, cos, sin = self._positions(position[:, None])
+        if pos is not None:
+            x = x + pos[:, 0]
+        new_state = {}
+        for i, block in enumerate(self.blocks):
+            x, new_state[f"{i}.kv"] = block.step(x, state[f"{i}.kv"], cos, sin)
+        return self.lm_head(self.norm(x)), new_state
+
+
+def _check_positions(c: LinearConfig, T: int):
+    if c.pos_emb == "learned" and T > c.max_seq_len:
+        from linexport.errors import LinexportError
+
+        raise LinexportError(f"sequence length {T} exceeds this model's learned positions "
+                             f"(max_seq_len={c.max_seq_len}); use shorter inputs")
+
+
+def _init_weights(module):
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
