@@ -26,9 +26,9 @@ def main():
 
 
 def _register():
-    from linexport.cli import convert, sample, train
+    from linexport.cli import sample, train
 
-    for module in (convert, sample, train):
+    for module in (sample, train):
         main.add_command(module.command)
 
 

@@ -1,0 +1,151 @@
+"""Checkpoints round-trip, and every bad input gets one clear LinexportError."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from linexport.errors import LinexportError
+from linexport.models.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
+from linexport.models.linear import LinearConfig, LinearLM
+
+
+@pytest.fixture
+def model():
+    return LinearLM(LinearConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, head_dim=8, d_ff=24)).eval()
+
+
+def _raw(model):
+    return {"format": FORMAT_TAG, "format_version": 1, "arch": "linear",
+            "config": model.config_dict(), "state_dict": model.state_dict()}
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_round_trip(model, tmp_path, suffix):
+    path = tmp_path / f"ckpt{suffix}"
+    save_checkpoint(model, path)
+    loaded, meta = load_checkpoint(path)
+    assert meta["arch"] == "linear" and meta["tokenizer"] == {"type": "bytes"}
+    assert loaded.config == model.config
+    ids = torch.randint(0, 32, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    # Tied embeddings stay tied after loading.
+    assert loaded.lm_head.weight.data_ptr() == loaded.embed.weight.data_ptr()
+    assert not list(tmp_path.glob(".*tmp")), "temp files left behind"
+
+
+def test_directory_with_one_checkpoint_loads(model, tmp_path):
+    save_checkpoint(model, tmp_path / "model.safetensors")
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.config == model.config
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LinexportError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_file(model, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(model, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LinexportError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(LinexportError, match="not a readable PyTorch checkpoint|refuses to unpickle"):
+        load_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_pickled_objects_are_refused_and_never_run(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    raw = _raw(model)
+    raw["payload"] = _Evil()
+    torch.save(raw, path)
+    with pytest.raises(LinexportError, match="refuses to unpickle"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+def test_plain_pickle_file_is_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(pickle.dumps({"format": FORMAT_TAG, "obj": _Evil()}))
+    with pytest.raises(LinexportError):
+        load_checkpoint(path)
+
+
+def test_bare_state_dict_hints_convert(model, tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(LinexportError, match="linexport convert"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda r: r.update(arch="mamba"), "unknown architecture 'mamba'"),
+    (lambda r: r.update(format_version=99), "format version 99"),
+    (lambda r: r["config"].update(n_experts=4), r"unknown keys \['n_experts'\]"),
+    (lambda r: r["config"].update(n_heads="two"), "n_heads: expected an int"),
+    (lambda r: r["config"].update(feature_map="softmax"), r"feature_map: expected one of \['elu', 'relu'\]"),
+    (lambda r: r["config"].update(n_layers=3), r"missing keys \['blocks.2"),
+    (lambda r: r["config"].update(n_layers=1), r"unexpected keys \['blocks.1"),
+    (lambda r: r["config"].update(d_ff=25), "has shape .* but the config implies"),
+    (lambda r: r["state_dict"]["blocks.0.attn.qkv.weight"].__setitem__((0, 0), float("nan")), "NaN or Inf"),
+    (lambda r: r["state_dict"].update({"blocks.0.norm1.weight": "not a tensor"}), "dict of tensors"),
+], ids=["unknown-arch", "future-version", "unknown-config-key", "config-wrong-type", "config-bad-choice",
+        "missing-keys", "unexpected-keys", "shape-mismatch", "non-finite", "non-tensor"])
+def test_bad_checkpoints(model, tmp_path, mutate, match):
+    raw = _raw(model)
+    raw["state_dict"] = {k: v.clone() for k, v in raw["state_dict"].items()}
+    mutate(raw)
+    path = tmp_path / "bad.pt"
+    torch.save(raw, path)
+    with pytest.raises(LinexportError, match=match):
+        load_checkpoint(path)
+
+
+def test_safetensors_needs_its_config(model, tmp_path):
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(LinexportError, match="expected the config"):
+        load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_safetensors_corrupt(model, tmp_path):
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    (tmp_path / "m.safetensors").write_bytes(b"garbage")
+    with pytest.raises(LinexportError, match="not a readable safetensors"):
+        load_checkpoint(tmp_path / "m.safetensors")
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(LinexportError, match="not valid JSON"):
+        load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_failed_save_leaves_previous_checkpoint(model, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(model, path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(model, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    json.dumps(model.config_dict())  # the config is plain JSON-able data
