@@ -8,17 +8,15 @@ Checkpoints are untrusted input: nothing is ever unpickled beyond tensors and pl
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from linexport.errors import LinexportError
+from linexport.files import atomic_write
 from linexport.models import ARCH_NAMES, build_model
 from linexport.models.base import CausalLM
 
@@ -38,11 +36,11 @@ def save_checkpoint(model: CausalLM, path, tokenizer: dict | None = None, extra:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(path, lambda tmp: save_file(_untie(state_dict), tmp))
-        _atomic_write(path.with_suffix(".json"),
+        atomic_write(path, lambda tmp: save_file(_untie(state_dict), tmp))
+        atomic_write(path.with_suffix(".json"),
                       lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     else:
-        _atomic_write(path, lambda tmp: torch.save({**meta, "state_dict": state_dict}, tmp))
+        atomic_write(path, lambda tmp: torch.save({**meta, "state_dict": state_dict}, tmp))
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[CausalLM, dict]:
@@ -63,14 +61,6 @@ def load_checkpoint(path, map_location="cpu") -> tuple[CausalLM, dict]:
         meta, state_dict = _read_pt(path)
     model = _build(path, meta, state_dict, map_location)
     return model, meta
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -150,18 +140,6 @@ def _build(path: Path, meta: dict, state_dict, map_location) -> CausalLM:
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _atomic_write(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _untie(state_dict: dict) -> dict:
     """safetensors refuses tensors that share memory (tied embeddings): store copies."""
     seen, out = set(), {}

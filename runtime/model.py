@@ -1,0 +1,33 @@
+"""An opened export directory: its validated manifest, tokenizer and a backend over its graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from linexport.errors import LinexportError
+from linexport.runtime.backends import create_backend
+from linexport.runtime.manifest import read_manifest
+from linexport.runtime.tokenizers import tokenizer_from_spec
+
+
+class Model:
+    """``Model("out/")`` opens ``out/linexport.json`` and the graphs it names.
+
+    backend: "ort" (ONNX Runtime) or "trt" (TensorRT engines); device: "cpu" or "cuda";
+    num_slots: how many sequences can decode at once (state rows allocated up front).
+    tokenizer: any object with ``encode``/``decode``/``stream_decoder``; default from the manifest.
+    """
+
+    def __init__(self, path, backend: str = "ort", device: str = "cpu", num_slots: int = 1,
+                 tokenizer=None, verify_hashes: bool = True):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path, verify_hashes=verify_hashes)
+        self.tokenizer = tokenizer or tokenizer_from_spec(self.manifest.tokenizer, self.path)
+        self.backend = create_backend(backend, self.manifest, num_slots, device)
+        if self.backend.vocab_size != self.manifest.vocab_size:
+            raise LinexportError(f"{self.path}: the graphs' vocab ({self.backend.vocab_size}) does not "
+                                 f"match the manifest's ({self.manifest.vocab_size}); re-export")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest.vocab_size

@@ -1,0 +1,83 @@
+"""Tokenizers the runtime understands: the bundled byte-level one, any pair of callables, or a
+``tokenizer.json`` through the optional ``tokenizers`` package."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from linexport.errors import LinexportError
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocab 256): what the bundled demo models use."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self):
+        """Returns f(token) -> text completed so far (holds back partial UTF-8 characters)."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda token: decoder.decode(bytes([int(token)]))
+
+
+class CallableTokenizer:
+    """Wraps ``encode(str) -> list[int]`` and ``decode(list[int]) -> str`` callables."""
+
+    def __init__(self, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]):
+        self._encode, self._decode = encode, decode
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._decode(list(ids))
+
+    def stream_decoder(self):
+        # Decode the whole tail each time and emit what is new: correct for tokenizers whose
+        # pieces merge (byte-fallback, sentencepiece spaces) at O(n) per token.
+        ids: list[int] = []
+        emitted = [""]
+
+        def feed(token):
+            ids.append(int(token))
+            text = self._decode(ids)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+                return ""
+            new = text[len(emitted[0]):]
+            emitted[0] = text
+            return new
+
+        return feed
+
+
+def tokenizer_from_json(path) -> CallableTokenizer:
+    """A Hugging Face ``tokenizer.json``; needs ``pip install tokenizers``."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise LinexportError("reading tokenizer.json needs the tokenizers package: "
+                             "pip install tokenizers") from None
+    path = Path(path)
+    if not path.exists():
+        raise LinexportError(f"tokenizer file {path} does not exist")
+    tok = Tokenizer.from_file(str(path))
+    return CallableTokenizer(lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids))
+
+
+def tokenizer_from_spec(spec: dict | None, base_dir: Path | None = None):
+    """The tokenizer a manifest names: {"type": "bytes"} or {"type": "json", "file": ...}."""
+    kind = (spec or {}).get("type", "bytes")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "json":
+        file = Path(spec["file"])
+        return tokenizer_from_json(file if file.is_absolute() or base_dir is None else base_dir / file)
+    raise LinexportError(f"unknown tokenizer type {kind!r}: expected 'bytes' or 'json', or pass "
+                         "your own tokenizer object (encode/decode) to the Generator")
