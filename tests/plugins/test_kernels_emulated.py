@@ -1,0 +1,169 @@
+"""The CUDA kernels' own source, run on the CPU through a small CUDA emulator (cuda_emu/).
+
+No GPU here or in CI, so this is what checks the kernels' indexing, masking, chunk carry and
+barriers everywhere: the .cu files are compiled by g++ against cuda_emu/ (one OS thread per
+CUDA thread, real barriers, WMMA tiles computed per warp with operands rounded to the input
+type), and their results are compared with the naive fp64 reference. The emulator cannot tell
+anything about speed or about the real WMMA fragment layout; tests/plugins/test_kernels_gpu.py
+does that on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
+from linexport.plugins import _Params
+from tests.conftest import rel_err
+from tests.plugins.conftest import REPO
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ["causal_linear_attention.cu", "decode_kernel.cu", "recurrent_kernel.cu", "chunked_kernel.cu"]
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+EPS = 1e-6
+# Max relative error to the fp64 reference: fp32 kernels are exact FMAs; low precision allows a
+# few output ulps (the output is rounded to the type, A and S pass through it for the MMAs).
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def to_emulator_source(text: str) -> str:
+    """Rewrites the two CUDA-only syntaxes: dynamic shared memory and <<<...>>> launches."""
+    text = re.sub(r"extern __shared__ (?:__align__\(\d+\) )?([\w ]+?) (\w+)\[\];",
+                  r"\1* \2 = reinterpret_cast<\1*>(::emu::dynamic_smem());", text)
+    text = re.sub(r"([\w:]+(?:<[^<>;]*>)?)<<<(.+?)>>>\((.*?)\);", r"::emu::launch(\1, \2, \3);", text)
+    assert "<<<" not in text and "extern __shared__" not in text
+    return text
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    out = tmp_path_factory.mktemp("cuda-emu")
+    src_dir = REPO / "plugins" / "causal_linear_attention"
+    for name in ["causal_linear_attention.h", "cla_common.cuh"] + SOURCES:
+        (out / name).write_text(to_emulator_source((src_dir / name).read_text()))
+    lib = out / "liblinexport_kernels_emu.so"
+    cmd = ["g++", "-std=c++20", "-O2", "-pthread", "-fPIC", "-shared", "-I", str(HERE / "cuda_emu"), "-I", str(out),
+           "-include", "emu.h", "-x", "c++", *[str(out / s) for s in SOURCES], "-o", str(lib)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    if build.returncode != 0 and "barrier" in build.stderr and "No such file" in build.stderr:
+        pytest.skip("this g++ has no C++20 <barrier>")
+    assert build.returncode == 0, build.stderr[-5000:]
+    handle = ctypes.CDLL(str(lib))
+    handle.linexport_cla_forward.restype = ctypes.c_int
+    handle.linexport_cla_forward.argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p]
+    return handle
+
+
+def run(lib, q, k, v, state=None, lengths=None, present=None):
+    """q, k [B, T, H, Dk], v [B, T, H, Dv] CPU tensors (the emulator's "device" memory is host memory)."""
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    o = torch.full((B, T, H, Dv), float("nan"), dtype=v.dtype)
+    if present is None:
+        present = torch.full((B, H, Dk, Dv + 1), float("nan"))
+    lengths32 = None if lengths is None else lengths.to(torch.int32).contiguous()
+    p = _Params(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), o=o.data_ptr(),
+                past_state=None if state is None else state.data_ptr(), present_state=present.data_ptr(),
+                lengths=None if lengths32 is None else lengths32.data_ptr(),
+                batch=B, seq_len=T, num_heads=H, head_dim_k=Dk, head_dim_v=Dv, dtype=DTYPE_CODES[q.dtype], eps=EPS)
+    for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
+        for i, d in enumerate("bth"):
+            setattr(p, f"{name}_stride_{d}", t.stride(i))
+    err = lib.linexport_cla_forward(ctypes.byref(p), None)
+    assert err == 0, f"linexport_cla_forward returned {err}"
+    return o, present
+
+
+def inputs(B, T, H, Dk, Dv, dtype, with_state):
+    q = feature_map(torch.randn(B, T, H, Dk), "elu").to(dtype)
+    k = feature_map(torch.randn(B, T, H, Dk), "elu").to(dtype)
+    v = torch.randn(B, T, H, Dv).to(dtype)
+    state = None
+    if with_state:
+        kp = feature_map(torch.randn(B, H, 3, Dk, dtype=torch.float64), "elu")
+        v1 = torch.cat([torch.randn(B, H, 3, Dv, dtype=torch.float64), torch.ones(B, H, 3, 1, dtype=torch.float64)], -1)
+        state = (kp.transpose(-1, -2) @ v1).float().contiguous()
+    return q, k, v, state
+
+
+def reference(q, k, v, state, lengths=None):
+    o, s = naive_causal_linear_attention(*(t.permute(0, 2, 1, 3).double() for t in (q, k, v)), EPS,
+                                         None if state is None else state.double(), lengths)
+    return o.permute(0, 2, 1, 3), s
+
+
+CASES = [  # id, (B, T, H, Dk, Dv), dtype, with_state, lengths
+    ("decode-fp32", (2, 1, 2, 64, 64), torch.float32, True, None),
+    ("decode-fp16-Dk60-Dv33", (2, 1, 2, 60, 33), torch.float16, True, None),
+    ("decode-bf16-Dk256-Dv256", (1, 1, 2, 256, 256), torch.bfloat16, True, None),
+    ("decode-bf16-lengths", (3, 1, 2, 32, 32), torch.bfloat16, True, [1, 0, 1]),
+    ("recurrent-fp32-T37", (2, 37, 2, 64, 40), torch.float32, True, None),
+    ("recurrent-fp32-Dk200-Dv70", (1, 19, 1, 200, 70), torch.float32, False, None),
+    ("recurrent-fp32-lengths", (3, 21, 1, 32, 32), torch.float32, True, [21, 0, 5]),
+    ("chunked-bf16-C64-T97", (2, 97, 1, 64, 64), torch.bfloat16, True, None),
+    ("chunked-fp16-C64-Dk60-Dv40", (1, 70, 2, 60, 40), torch.float16, False, None),
+    ("chunked-fp16-C32-Dk96", (1, 45, 1, 96, 32), torch.float16, True, None),
+    ("chunked-bf16-C16-Dk256-Dv48", (1, 40, 1, 256, 48), torch.bfloat16, True, None),
+    ("chunked-bf16-lengths", (3, 70, 1, 32, 32), torch.bfloat16, True, [70, 0, 33]),
+]
+
+
+@pytest.mark.parametrize("shape, dtype, with_state, lengths", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_emulated_kernels_match_the_reference(emulated, shape, dtype, with_state, lengths):
+    q, k, v, state = inputs(*shape, dtype, with_state)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    o, s = run(emulated, q, k, v, state, lengths)
+    o_ref, s_ref = reference(q, k, v, state, lengths)
+    assert not torch.isnan(o).any() and not torch.isnan(s).any()
+    assert rel_err(s, s_ref) < 1e-5
+    assert rel_err(o, o_ref) < TOL[dtype]
+    if lengths is not None:
+        for b, n in enumerate(lengths.tolist()):
+            assert not o[b, n:].any(), f"batch row {b}: output past its length {n} must be zero"
+            if n == 0:
+                assert torch.equal(s[b], state[b])
+
+
+def test_emulated_chunked_falls_back_to_a_smaller_chunk_on_small_gpus(emulated, monkeypatch):
+    # 48 KiB of shared memory (sm_75-class): Dk = 64 must take the C = 32 configuration.
+    monkeypatch.setenv("LINEXPORT_EMU_SMEM", str(48 * 1024))
+    q, k, v, state = inputs(1, 50, 1, 64, 32, torch.float16, True)
+    o, s = run(emulated, q, k, v, state)
+    o_ref, s_ref = reference(q, k, v, state)
+    assert rel_err(s, s_ref) < 1e-5 and rel_err(o, o_ref) < TOL[torch.float16]
+
+
+def test_emulated_bf16_is_refused_below_sm80(emulated, monkeypatch):
+    monkeypatch.setenv("LINEXPORT_EMU_CC_MAJOR", "7")
+    q, k, v, state = inputs(1, 8, 1, 32, 32, torch.bfloat16, False)
+    with pytest.raises(AssertionError, match="returned 801"):  # cudaErrorNotSupported
+        run(emulated, q, k, v, state)
+
+
+def test_emulated_decode_in_place(emulated):
+    q, k, v, state = inputs(2, 1, 2, 64, 64, torch.float32, True)
+    o_ref, s_ref = reference(q, k, v, state)
+    o, s = run(emulated, q, k, v, state, present=state)
+    assert s.data_ptr() == state.data_ptr()
+    assert rel_err(state, s_ref) < 1e-6 and rel_err(o, o_ref) < TOL[torch.float32]
+
+
+def test_emulated_prefill_then_decode_equals_longer_prefill(emulated):
+    q, k, v, _ = inputs(1, 34, 2, 32, 32, torch.bfloat16, False)
+    o_all, s_all = run(emulated, q, k, v)
+    _, s_pre = run(emulated, q[:, :33].contiguous(), k[:, :33].contiguous(), v[:, :33].contiguous())
+    o_step, s_step = run(emulated, q[:, 33:].contiguous(), k[:, 33:].contiguous(), v[:, 33:].contiguous(), s_pre)
+    assert rel_err(s_step, s_all) < 1e-6
+    assert rel_err(o_step, o_all[:, 33:]) < TOL[torch.bfloat16]
+
+
