@@ -23,6 +23,8 @@ from linexport.models.checkpoint import save_checkpoint
 DEMO_CONFIGS = {
     "linear": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512,
                    chunk_size=64),
+    "flash": dict(vocab_size=256, d_model=128, n_layers=6, qk_dim=64, expansion=2.0, chunk_size=64,
+                  rotary_dim=32),
 }
 
 
@@ -47,7 +49,7 @@ def python_corpus(max_bytes: int = 8 << 20, seed: int = 0) -> np.ndarray:
     return np.frombuffer(b"\n".join(chunks), dtype=np.uint8)
 
 
-def train(arch: str, out: Path, steps: int = 1500, batch_size: int = 16, seq_len: int = 256,
+def train(arch: str, out: Path, steps: int = 4000, batch_size: int = 16, seq_len: int = 256,
           lr: float = 3e-3, seed: int = 0, config: dict | None = None, log=print) -> dict:
     """Trains a demo model and saves it to ``out``. Returns the final metrics."""
     torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import click
 @click.option("--arch", type=click.Choice(["linear", "flash"]), default="linear", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint to write (.pt or .safetensors).")
-@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)

@@ -55,3 +55,27 @@ def naive_softmax_free_causal_attention(q, k, v, eps: float):
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     scores = scores.masked_fill(~mask, 0.0)
     return torch.einsum("bhij,bhje->bhie", scores, v) / (scores.sum(-1, keepdim=True) + eps)
+
+
+def naive_mixed_chunk_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_size: int, attn_fn: str):
+    """GAU / FLASH causal mixed-chunk attention from its definition, token by token.
+
+    quad_q, quad_k, lin_q, lin_k [B, T, S]; v [B, T, E]; bias [C, C] indexed by (query offset,
+    key offset) inside a chunk. Token t in chunk c = t // C attends:
+      - quadratically to keys j of its own chunk with j <= t: attn_fn(q_t·k_j / C + bias) v_j
+      - linearly to every key j of a completed earlier chunk: (lin_q_t · lin_k_j) v_j / C
+    Returns out [B, T, E].
+    """
+    from linexport.models.ops.mixed_chunk_attention import attention_fn
+
+    B, T, _ = quad_q.shape
+    C = chunk_size
+    out = torch.zeros(B, T, v.shape[-1], dtype=v.dtype)
+    for t in range(T):
+        start = (t // C) * C
+        for j in range(start, t + 1):
+            score = (quad_q[:, t] * quad_k[:, j]).sum(-1) / C + bias[t - start, j - start]
+            out[:, t] += attention_fn(score, attn_fn)[:, None] * v[:, j]
+        for j in range(start):
+            out[:, t] += (lin_q[:, t] * lin_k[:, j]).sum(-1)[:, None] * v[:, j] / C
+    return out

@@ -1,0 +1,117 @@
+"""Import a FLASH-pytorch ``FLASHTransformer(causal=True)`` state_dict as a linexport ``flash`` model.
+
+The weights tell dims, depth, vocab, query/key dim, expansion, norm type and rotary dims; what
+they cannot tell (group size, token shift, attention function) comes from options whose
+defaults are the package's own. Anything we cannot reproduce exactly is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from linexport.errors import LinexportError
+from linexport.models.checkpoint import save_checkpoint
+from linexport.models.flash import FlashConfig, FlashLM
+
+_LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
+_RENAME = {  # FLASH-pytorch layer key -> ours
+    "to_hidden.0.weight": "to_hidden.weight", "to_hidden.0.bias": "to_hidden.bias",
+    "to_qk.0.weight": "to_qk.weight", "to_qk.0.bias": "to_qk.bias",
+    "qk_offset_scale.gamma": "gamma", "qk_offset_scale.beta": "beta",
+    "to_out.weight": "to_out.weight", "to_out.bias": "to_out.bias",
+    "rel_pos_bias.relative_attention_bias.weight": "rel_pos_bias.weight",
+    "norm.g": "norm.g", "norm.weight": "norm.weight", "norm.bias": "norm.bias",
+}
+_TOP = {"token_emb.weight": "token_emb.weight", "abs_pos_emb.scale": "abs_pos_scale",
+        "to_logits.0.weight": "final_norm.weight", "to_logits.0.bias": "final_norm.bias",
+        "to_logits.1.weight": "lm_head.weight", "to_logits.1.bias": "lm_head.bias"}
+
+
+def load_flash_pytorch_state_dict(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise LinexportError(f"{path} does not exist: expected a FLASHTransformer state_dict saved "
+                             "with torch.save(model.state_dict(), path)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files; all mean "not loadable"
+        raise LinexportError(f"{path} could not be loaded as a plain state_dict (weights_only=True): "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise LinexportError(f"expected {path} to hold a FLASHTransformer state_dict (a dict of tensors)")
+    return sd
+
+
+def convert_flash_pytorch(sd: dict, group_size: int = 256, shift_tokens: bool = True,
+                          laplace_attn: bool = False) -> FlashLM:
+    """Builds our model from a causal ``FLASHTransformer`` state_dict."""
+    for key in ("token_emb.weight", "to_logits.1.weight", "layers.0.to_qk.0.weight", "layers.0.to_hidden.0.weight"):
+        if key not in sd:
+            raise LinexportError(f"not a FLASH-pytorch FLASHTransformer state_dict: key {key!r} is missing "
+                                 "(only FLASHTransformer is supported, not a bare GAU/FLASH layer)")
+    vocab, dim = sd["token_emb.weight"].shape
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER_KEY.fullmatch(k)))
+    qk_dim = sd["layers.0.to_qk.0.weight"].shape[0]
+    hidden = sd["layers.0.to_hidden.0.weight"].shape[0] // 2
+    norm = "scalenorm" if "layers.0.norm.g" in sd else "layernorm"
+    freqs = sd.get("layers.0.rotary_pos_emb.freqs")
+    rotary_dim = 2 * freqs.numel() if freqs is not None else 0
+    if freqs is not None:
+        default = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+        for i in range(depth):
+            f = sd.get(f"layers.{i}.rotary_pos_emb.freqs")
+            if f is None or f.shape != default.shape or not torch.allclose(f.float(), default, rtol=1e-6, atol=0):
+                raise LinexportError(f"layer {i}'s rotary frequencies are not the default theta=10000 ones "
+                                     "(learned or rescaled rotary): not supported")
+    expansion = hidden / dim
+    if int(expansion * dim) != hidden:
+        raise LinexportError(f"hidden size {hidden} is not expansion × dim for dim {dim}: not supported")
+    if group_size < 1:
+        raise LinexportError(f"expected --group-size >= 1, got {group_size}")
+
+    config = FlashConfig(vocab_size=vocab, d_model=dim, n_layers=depth, qk_dim=qk_dim, expansion=expansion,
+                         chunk_size=group_size, norm=norm, shift_tokens=shift_tokens,
+                         attn_fn="laplace" if laplace_attn else "relu2", rel_pos_bias=True,
+                         rotary_dim=rotary_dim, abs_pos_emb=True)
+    model = FlashLM(config)
+    ours = {}
+    known = {"abs_pos_emb.inv_freq"}
+    for key, value in sd.items():
+        if key in _TOP:
+            ours[_TOP[key]] = value
+        elif (m := _LAYER_KEY.fullmatch(key)):
+            i, rest = m.groups()
+            if rest == "rotary_pos_emb.freqs":
+                continue  # checked above; we compute the same frequencies
+            if rest not in _RENAME:
+                raise LinexportError(f"unsupported FLASH-pytorch weight {key!r}: this option is not supported")
+            ours[f"layers.{i}.{_RENAME[rest]}"] = value
+        elif key not in known:
+            raise LinexportError(f"unsupported FLASH-pytorch weight {key!r}: this option is not supported")
+    inv_freq = sd.get("abs_pos_emb.inv_freq")
+    if inv_freq is not None:
+        expected = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+        if not torch.allclose(inv_freq.float(), expected, rtol=1e-6, atol=0):
+            raise LinexportError("abs_pos_emb.inv_freq differs from the default sinusoid: not supported")
+    expected_keys = set(model.state_dict())
+    missing, extra = sorted(expected_keys - set(ours)), sorted(set(ours) - expected_keys)
+    if missing or extra:
+        raise LinexportError(f"the FLASH-pytorch weights do not map onto a flash model: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}")
+    for key, value in ours.items():
+        if tuple(value.shape) != tuple(model.state_dict()[key].shape):
+            raise LinexportError(f"weight {key!r} has shape {list(value.shape)}, expected "
+                                 f"{list(model.state_dict()[key].shape)}")
+    model.load_state_dict({k: v.float() for k, v in ours.items()})
+    return model.eval()
+
+
+def convert_file(src, out, group_size: int = 256, shift_tokens: bool = True, laplace_attn: bool = False) -> FlashLM:
+    model = convert_flash_pytorch(load_flash_pytorch_state_dict(src), group_size, shift_tokens, laplace_attn)
+    save_checkpoint(model, out, extra={"converted_from": {"package": "flash-pytorch", "source": Path(src).name}})
+    return model

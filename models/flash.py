@@ -1,0 +1,246 @@
+"""GAU / FLASH language model (Hua et al. 2022, "Transformer Quality in Linear Time"), causal.
+
+Mirrors the FLASH-pytorch package's ``FLASHTransformer`` so its checkpoints convert exactly
+(``linexport convert --from flash-pytorch``): token embedding + scaled sinusoidal absolute
+positions, FLASH layers (each a gated attention unit with its own residual), LayerNorm + linear
+logits. One FLASH layer:
+
+    x̂ = norm(x)  (scale norm or layer norm), token shift of the first half of x̂'s features
+    v, gate = silu(W_h x̂)            [E each, E = expansion · D]
+    z = silu(W_qk x̂)                 [S]  one shared low-dim base
+    quad_q, lin_q, quad_k, lin_k = z · γ_i + β_i, then rotary on their first `rotary_dim` dims
+    y = x + W_o (gate ⊙ mixed_chunk_attention(...))
+
+State per layer (fp32, fixed size): ``lin_kv``, ``pending`` [B, S, E]; ``k_buf`` [B, C, S];
+``v_buf`` [B, C, E]; ``shift`` [B, ceil(D/2)] (the previous token's shifted features).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from linexport.models.base import CausalLM, StateSpec, check_input_ids
+from linexport.models.config import require
+from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
+
+
+@dataclass
+class FlashConfig:
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    qk_dim: int = 128  # S: the shared query/key base
+    expansion: float = 2.0  # E = int(expansion · d_model)
+    chunk_size: int = 256  # C: FLASH's group size
+    norm: Literal["scalenorm", "layernorm"] = "scalenorm"
+    shift_tokens: bool = True
+    attn_fn: Literal["relu2", "laplace"] = "relu2"
+    rel_pos_bias: bool = True  # T5-style bucketed bias inside a chunk
+    rel_pos_buckets: int = 32
+    rel_pos_max_distance: int = 128
+    rotary_dim: int = 32  # rotary on the first dims of q/k (interleaved pairs); 0 disables
+    rotary_base: float = 10000.0
+    abs_pos_emb: bool = True  # scaled sinusoidal absolute positions
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "qk_dim", "chunk_size", "rel_pos_buckets",
+                     "rel_pos_max_distance"):
+            require(getattr(self, name) >= 1, f"config FlashConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require(self.expansion > 0 and int(self.expansion * self.d_model) >= 1,
+                f"config FlashConfig.expansion must give a hidden size >= 1, got {self.expansion}")
+        require(0 <= self.rotary_dim <= self.qk_dim and self.rotary_dim % 2 == 0,
+                f"config FlashConfig.rotary_dim must be even and in [0, qk_dim={self.qk_dim}], got {self.rotary_dim}")
+        require(not self.abs_pos_emb or self.d_model % 2 == 0,
+                f"config FlashConfig: sinusoidal positions need an even d_model, got {self.d_model}")
+        require(self.rel_pos_buckets >= 2, "config FlashConfig.rel_pos_buckets must be >= 2")
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.expansion * self.d_model)
+
+
+class ScaleNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.scale, self.eps = dim ** -0.5, eps
+        self.g = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale
+        return x / norm.clamp(min=self.eps) * self.g
+
+
+def t5_buckets(C: int, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """[C, C] bucket of the causal distance i - j (query offset i, key offset j) in a chunk."""
+    i = torch.arange(C).unsqueeze(1)
+    j = torch.arange(C).unsqueeze(0)
+    n = (i - j).clamp(min=0)
+    max_exact = num_buckets // 2
+    large = max_exact + (torch.log(n.clamp(min=1).float() / max_exact)
+                         / math.log(max_distance / max_exact) * (num_buckets - max_exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return torch.where(n < max_exact, n, large)
+
+
+def rotary_interleaved(x: torch.Tensor, positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
+    """Rotates interleaved pairs (x[2i], x[2i+1]) of the first ``dim`` features by position.
+
+    x [..., T, S] with positions broadcastable to [..., T]."""
+    if dim == 0:
+        return x
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=x.device).float() / dim))
+    angles = positions.float().unsqueeze(-1) * inv_freq  # [..., T, dim/2]
+    cos = torch.cos(angles).repeat_interleave(2, -1)
+    sin = torch.sin(angles).repeat_interleave(2, -1)
+    rot, rest = x[..., :dim].float(), x[..., dim:]
+    pairs = rot.unflatten(-1, (dim // 2, 2))
+    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return torch.cat([(rot * cos + swapped * sin).to(x.dtype), rest], dim=-1)
+
+
+class FlashLayer(nn.Module):
+    def __init__(self, config: FlashConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        self.norm = ScaleNorm(c.d_model, c.norm_eps) if c.norm == "scalenorm" else nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.to_hidden = nn.Linear(c.d_model, 2 * c.hidden_dim)
+        self.to_qk = nn.Linear(c.d_model, c.qk_dim)
+        self.gamma = nn.Parameter(torch.randn(4, c.qk_dim) * 0.02)  # quad_q, lin_q, quad_k, lin_k
+        self.beta = nn.Parameter(torch.zeros(4, c.qk_dim))
+        self.to_out = nn.Linear(c.hidden_dim, c.d_model)
+        if c.rel_pos_bias:
+            self.rel_pos_bias = nn.Embedding(c.rel_pos_buckets, 1)
+        self.register_buffer("buckets", t5_buckets(c.chunk_size, c.rel_pos_buckets, c.rel_pos_max_distance),
+                             persistent=False)
+
+    def bias_table(self) -> torch.Tensor:
+        """[C, C] additive bias of the quadratic scores."""
+        C = self.config.chunk_size
+        if not self.config.rel_pos_bias:
+            return torch.zeros(C, C, device=self.to_qk.weight.device)
+        return self.rel_pos_bias.weight[self.buckets, 0].float() * self.config.qk_dim ** 0.5
+
+    def _project(self, normed, positions):
+        """normed [..., D] (after token shift) -> (quad_q, lin_q, quad_k, lin_k, v, gate)."""
+        c = self.config
+        v, gate = F.silu(self.to_hidden(normed)).chunk(2, dim=-1)
+        z = F.silu(self.to_qk(normed))
+        heads = z.unsqueeze(-2) * self.gamma + self.beta  # [..., 4, S]
+        quad_q, lin_q, quad_k, lin_k = (rotary_interleaved(h, positions, c.rotary_dim, c.rotary_base)
+                                        for h in heads.unbind(-2))
+        return quad_q, lin_q, quad_k, lin_k, v, gate
+
+    def forward(self, x, positions, lengths):
+        """x [B, T, D] -> (y [B, T, D], state dict of this layer)."""
+        c = self.config
+        normed = self.norm(x)
+        B, T, D = x.shape
+        half = (D + 1) // 2
+        if c.shift_tokens:
+            shifted = F.pad(normed[..., :half], (0, 0, 1, -1))
+            inp = torch.cat([shifted, normed[..., half:]], dim=-1)
+        else:
+            inp = normed
+        quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, positions)
+        out, (lin_kv, pending, k_buf, v_buf) = chunk_mixed_attention(
+            quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths)
+        last = (lengths - 1).view(B, 1, 1).expand(B, 1, half)
+        shift = normed[..., :half].gather(1, last).squeeze(1).float()
+        state = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf, "shift": shift}
+        return x + self.to_out(gate * out), state
+
+    def step(self, x, position, state):
+        """x [B, D], position [B] -> (y [B, D], new state)."""
+        c = self.config
+        normed = self.norm(x)
+        half = (x.shape[-1] + 1) // 2
+        inp = torch.cat([state["shift"].to(x.dtype), normed[..., half:]], -1) if c.shift_tokens else normed
+        quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, position)
+        parts = (state["lin_kv"], state["pending"], state["k_buf"], state["v_buf"])
+        out, (lin_kv, pending, k_buf, v_buf) = step_mixed_attention(
+            quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), position, parts, c.attn_fn)
+        new = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf,
+               "shift": normed[..., :half].float()}
+        return x + self.to_out(gate * out), new
+
+
+class FlashLM(CausalLM):
+    arch = "flash"
+    config_class = FlashConfig
+
+    def __init__(self, config: FlashConfig):
+        super().__init__(config)
+        c = config
+        self.token_emb = nn.Embedding(c.vocab_size, c.d_model)
+        if c.abs_pos_emb:
+            self.abs_pos_scale = nn.Parameter(torch.ones(1))
+        self.layers = nn.ModuleList(FlashLayer(c) for _ in range(c.n_layers))
+        self.final_norm = nn.LayerNorm(c.d_model)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size)
+
+    _STATE = ("lin_kv", "pending", "k_buf", "v_buf", "shift")
+
+    def state_specs(self):
+        c = self.config
+        S, E, C = c.qk_dim, c.hidden_dim, c.chunk_size
+        shapes = {"lin_kv": (S, E), "pending": (S, E), "k_buf": (C, S), "v_buf": (C, E),
+                  "shift": ((c.d_model + 1) // 2,)}
+        docs = {"lin_kv": "linear-attention state over completed chunks (Σ lin_k vᵀ / C)",
+                "pending": "Σ lin_k vᵀ / C over the current partial chunk",
+                "k_buf": "quadratic keys of the current partial chunk (row = offset)",
+                "v_buf": "values of the current partial chunk (row = offset)",
+                "shift": "the previous token's normalised first-half features (token shift)"}
+        names = [n for n in self._STATE if c.shift_tokens or n != "shift"]
+        return [StateSpec(f"{i}.{n}", ("batch", *shapes[n]), torch.float32, docs[n])
+                for i in range(c.n_layers) for n in names]
+
+    def _abs_pos(self, positions):
+        """positions [...] -> [..., D] scaled sinusoidal embedding."""
+        D = self.config.d_model
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device=positions.device).float() / D))
+        angles = positions.float().unsqueeze(-1) * inv_freq
+        return torch.cat([angles.sin(), angles.cos()], dim=-1) * self.abs_pos_scale
+
+    def forward(self, input_ids, lengths=None, return_state=False):
+        c = self.config
+        check_input_ids(input_ids, lengths, c.vocab_size)
+        B, T = input_ids.shape
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.int64, device=input_ids.device)
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.token_emb(input_ids)
+        if c.abs_pos_emb:
+            x = x + self._abs_pos(positions).to(x.dtype)
+        states = {}
+        for i, layer in enumerate(self.layers):
+            x, layer_state = layer(x, positions, lengths)
+            for name, value in layer_state.items():
+                if c.shift_tokens or name != "shift":
+                    states[f"{i}.{name}"] = value
+        logits = self.lm_head(self.final_norm(x))
+        return (logits, states) if return_state else logits
+
+    def step(self, input_ids, position, state):
+        c = self.config
+        x = self.token_emb(input_ids)
+        if c.abs_pos_emb:
+            x = x + self._abs_pos(position).to(x.dtype)
+        new_state = {}
+        B = input_ids.shape[0]
+        for i, layer in enumerate(self.layers):
+            layer_state = {n: state[f"{i}.{n}"] for n in self._STATE if c.shift_tokens or n != "shift"}
+            if not c.shift_tokens:
+                layer_state["shift"] = x.new_zeros(B, (c.d_model + 1) // 2)
+            x, out = layer.step(x, position, layer_state)
+            for name, value in out.items():
+                if c.shift_tokens or name != "shift":
+                    new_state[f"{i}.{name}"] = value
+        return self.lm_head(self.final_norm(x)), new_state
