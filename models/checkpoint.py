@@ -68,11 +68,15 @@ def _read_pt(path: Path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        globals_ = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if not globals_:  # the weights-only unpickler met bytes that are no pickle: damaged file
+            raise LinexportError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?). "
+                                 "Re-save or re-download it.") from None
         raise LinexportError(
             f"{path} contains Python objects other than tensors and plain containers, which "
             "linexport refuses to unpickle (checkpoints are untrusted). Save a plain dict: "
             "torch.save({'format': ..., 'config': {...}, 'state_dict': model.state_dict()}, path), "
-            f"or convert it with `linexport convert`. Detail: {_first_line(e)}") from None
+            f"or convert it with `linexport convert`. Detail: {globals_[0]}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise LinexportError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
                              f"{_first_line(e)}. Re-save or re-download it.") from None

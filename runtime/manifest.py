@@ -1,7 +1,8 @@
-"""Reads and checks ``linexport.json``, the one file the runtime trusts about an export.
+"""The runtime's view of ``linexport.json``, the one file it trusts about an export.
 
-Pure JSON + hashlib: no torch, no onnx. A directory whose manifest is from a newer format,
-whose graphs are missing, or whose graph bytes do not match the recorded sha256 is refused.
+A directory whose manifest is from a newer format, whose graphs or engines are missing, or
+whose files do not match the recorded sha256 is refused (the checks live in
+``linexport.export.manifest``, which imports neither torch nor onnx).
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linexport.errors import LinexportError
+from linexport.export.manifest import MANIFEST_NAME, load_manifest  # pure JSON: no torch, no onnx
 from linexport.files import file_sha256
-
-MANIFEST_NAME = "linexport.json"
-FORMAT_TAG = "linexport.export"
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -62,41 +60,20 @@ class Manifest:
 
 
 def read_manifest(root, verify_hashes: bool = True) -> Manifest:
+    """Validates ``root/linexport.json`` with the exporter's own schema check (one schema, one
+    checker), then the TensorRT engines it records, if any."""
     root = Path(root)
-    path = root / MANIFEST_NAME if root.is_dir() or not root.suffix else root
-    if path.name == MANIFEST_NAME:
-        root = path.parent
-    if not path.exists():
-        raise LinexportError(f"{path} does not exist: expected a directory written by `linexport onnx` "
-                             "(it holds linexport.json, prefill.onnx and decode.onnx)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LinexportError(f"{path} is not valid JSON ({e}); re-export with `linexport onnx`") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_TAG:
-        raise LinexportError(f"{path} is not a linexport export manifest (expected format {FORMAT_TAG!r})")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise LinexportError(f"{path} has manifest format version {version!r}; this linexport reads up "
-                             f"to {FORMAT_VERSION}. Upgrade linexport or re-export with this version.")
-    for key in ("arch", "vocab_size", "graphs", "states", "precision"):
-        if key not in data:
-            raise LinexportError(f"{path} lacks the field {key!r}; re-export with `linexport onnx`")
-    manifest = Manifest(root, data)
-    for name in ("prefill", "decode"):
-        if name not in data["graphs"]:
-            raise LinexportError(f"{path} names no {name} graph; re-export with `linexport onnx`")
-        _check_file(manifest.graph_path(name), data["graphs"][name].get("sha256"), verify_hashes)
-    for name, entry in (data.get("engines") or {}).items():
-        _check_file(root / entry["file"], entry.get("sha256"), verify_hashes)
-    return manifest
+    if root.name == MANIFEST_NAME:
+        root = root.parent
+    data = load_manifest(root, verify_hashes=verify_hashes)
+    for entry in (data.get("engines") or {}).values():
+        _check_engine(root / entry["file"], entry.get("sha256"), verify_hashes)
+    return Manifest(root, data)
 
 
-def _check_file(path: Path, sha256: str | None, verify: bool):
+def _check_engine(path: Path, sha256: str | None, verify: bool):
     if not path.exists():
-        raise LinexportError(f"{path} is missing: the export directory is incomplete; re-export it")
-    if verify and sha256:
-        if file_sha256(path) != sha256:
-            raise LinexportError(f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: the file "
-                                 "was modified or replaced after export. Re-export, or pass "
-                                 "verify_hashes=False if you changed it on purpose.")
+        raise LinexportError(f"{path} is missing: rebuild the engines with `linexport trt {path.parent}`")
+    if verify and sha256 and file_sha256(path) != sha256:
+        raise LinexportError(f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: it was "
+                             f"modified or replaced after the build; rebuild with `linexport trt`")

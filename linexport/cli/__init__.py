@@ -26,9 +26,9 @@ def main():
 
 
 def _register():
-    from linexport.cli import sample, train
+    from linexport.cli import convert, demo, generate, onnx, sample, train, verify
 
-    for module in (sample, train):
+    for module in (demo, onnx, verify, generate, sample, train, convert):
         main.add_command(module.command)
 
 

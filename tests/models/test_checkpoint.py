@@ -59,7 +59,7 @@ def test_truncated_file(model, tmp_path):
 def test_garbage_file(tmp_path):
     path = tmp_path / "ckpt.pt"
     path.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(LinexportError, match="not a readable PyTorch checkpoint|refuses to unpickle"):
+    with pytest.raises(LinexportError, match="not a readable PyTorch checkpoint"):
         load_checkpoint(path)
 
 

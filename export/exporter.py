@@ -1,0 +1,214 @@
+"""`linexport onnx`: checkpoint -> OUT/{prefill.onnx, decode.onnx, linexport.json}, atomically.
+
+Everything is written into a temp directory beside OUT and renamed into place only once both
+graphs passed the checks, so a failed export leaves no half-written directory and never
+replaces a good one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import torch
+
+from linexport import __version__
+from linexport.errors import LinexportError
+from linexport.export import attention_op, op_spec
+from linexport.export.graphs import trace_decode, trace_prefill
+from linexport.export.lowerings import apply_lowering, attention_nodes
+from linexport.export.manifest import (FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,
+                                       STATE_DTYPE, io_entry, write_manifest)
+from linexport.files import file_sha256
+from linexport.models.base import CausalLM
+
+# Protobuf cannot serialise a message over 2 GiB; above this many bytes of weights a graph keeps
+# its tensors in `<graph>.onnx.data` beside it (the margin leaves room for the graph itself).
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+DECODE_CHUNK = 1  # the decode graph's function body sees T = 1: a chunk of 1 does no padding
+
+_NP_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+             onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64"}
+
+
+def check_options(lowering: str, opset: int | None, dtype: str) -> int:
+    """Validates the export options; returns the opset to use."""
+    if lowering not in op_spec.LOWERINGS:
+        raise LinexportError(f"expected --lowering in {list(op_spec.LOWERINGS)}, got {lowering!r}")
+    if dtype not in PRECISIONS:
+        raise LinexportError(f"expected --dtype in {sorted(PRECISIONS)}, got {dtype!r}")
+    opset = op_spec.DEFAULT_OPSET[lowering] if opset is None else opset
+    if lowering == "standard" and opset < op_spec.STANDARD_MIN_OPSET:
+        raise LinexportError(f"expected --opset {op_spec.STANDARD_MIN_OPSET} or higher with --lowering "
+                             f"standard (ONNX LinearAttention is an opset-27 op), got {opset}; raise "
+                             f"--opset or use --lowering function")
+    if not op_spec.MIN_OPSET <= opset <= op_spec.MAX_OPSET:
+        raise LinexportError(f"expected --opset between {op_spec.MIN_OPSET} and {op_spec.MAX_OPSET}, "
+                             f"got {opset}")
+    return opset
+
+
+def export_checkpoint(checkpoint, out, lowering: str = op_spec.DEFAULT_LOWERING, opset: int | None = None,
+                      dtype: str = "fp32", full_logits: bool = False,
+                      log: Callable[[str], None] = lambda message: None,
+                      external_data_threshold: int | None = None) -> dict:
+    """Exports ``checkpoint`` into directory ``out``; returns the manifest written there.
+    Graphs whose weights exceed ``external_data_threshold`` bytes (default: just under 2 GiB)
+    keep them in ``<graph>.onnx.data``."""
+    from linexport.models.checkpoint import load_checkpoint
+
+    opset = check_options(lowering, opset, dtype)
+    out = Path(out).absolute()
+    checkpoint = Path(checkpoint).absolute()
+    tmp = _temp_dir_beside(out)
+    try:
+        log(f"loading {checkpoint}")
+        model, meta = load_checkpoint(checkpoint)
+        source = source_record(checkpoint)
+        threshold = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
+        manifest = _export_into(tmp, model, meta, source, lowering, opset, dtype, full_logits, log, threshold)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out}")
+    return manifest
+
+
+def source_record(checkpoint: Path) -> dict:
+    """The manifest's record of the checkpoint an export came from (after it loaded)."""
+    if checkpoint.is_dir():  # load_checkpoint accepted it, so it holds exactly one checkpoint
+        checkpoint = (sorted(checkpoint.glob("*.safetensors")) + sorted(checkpoint.glob("*.pt")))[0]
+    record = {"checkpoint": str(checkpoint), "sha256": file_sha256(checkpoint)}
+    if checkpoint.suffix == ".safetensors":  # its config lives beside it and matters as much
+        record["config_sha256"] = file_sha256(checkpoint.with_suffix(".json"))
+    return record
+
+
+def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering: str, opset: int,
+                 dtype: str, full_logits: bool, log, threshold: int) -> dict:
+    model = model.eval()
+    if dtype == "fp16":
+        model = copy.deepcopy(model).half()  # state stays fp32: the ops accumulate in fp32
+    chunk = {"prefill": int(getattr(model.config, "chunk_size", 64)), "decode": DECODE_CHUNK}
+    graphs = {}
+    for name, trace in (("prefill", lambda: trace_prefill(model, opset, full_logits)),
+                        ("decode", lambda: trace_decode(model, opset))):
+        start = time.perf_counter()
+        log(f"tracing the {name} graph ({model.arch}, {dtype}, opset {opset})")
+        with torch.no_grad():
+            proto = trace()
+        _check_attention_nodes(proto, model, name)
+        graphs[name] = apply_lowering(proto, lowering, chunk[name])
+        log(f"  {name} graph traced in {time.perf_counter() - start:.1f}s")
+
+    entries = {}
+    for name, proto in graphs.items():
+        log(f"checking and writing {name}.onnx")
+        entries[name] = _save_graph(proto, tmp, name, threshold)
+
+    manifest = {
+        "format": FORMAT_TAG, "format_version": FORMAT_VERSION, "linexport_version": __version__,
+        "arch": model.arch, "config": model.config_dict(), "vocab_size": int(model.config.vocab_size),
+        "tokenizer": meta.get("tokenizer") or {"type": "bytes"},
+        "precision": dtype, "opset": opset, "full_logits": full_logits,
+        "lowering": {"option": lowering, "ops": attention_op.lowered_ops(model.arch, lowering)},
+        "graphs": entries,
+        "states": [{"name": s.name, "shape": list(s.shape), "dtype": STATE_DTYPE, "doc": s.doc}
+                   for s in model.state_specs()],
+        "source": source,
+    }
+    if attention_op.substitutable(model.arch):
+        manifest["lowering"].update({
+            "attention_op": {"domain": op_spec.DOMAIN, "op_type": op_spec.OP_TYPE, "version": op_spec.OP_VERSION},
+            "function_chunk": chunk})  # the chunk length of each graph's function body
+    for spec in model.state_specs():
+        assert spec.dtype == torch.float32, f"state {spec.name} must be fp32, got {spec.dtype}"
+    write_manifest(manifest, tmp)  # validates the graphs' IO against the contract
+    return manifest
+
+
+def _check_attention_nodes(proto: onnx.ModelProto, model: CausalLM, graph: str):
+    found = len(attention_nodes(proto))
+    expected = len(model.state_specs()) if attention_op.substitutable(model.arch) else 0
+    # One node per layer, or the substitution missed a call (e.g. a renamed import in models/).
+    assert found == expected, f"{graph} graph: expected {expected} attention nodes, found {found}"
+
+
+def _save_graph(proto: onnx.ModelProto, tmp: Path, name: str, threshold: int) -> dict:
+    for node in proto.graph.node:
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise AssertionError(f"{name} graph has a {node.op_type} node; graphs must be branch-free")
+    for fn in proto.functions:
+        assert not any(n.op_type in ("If", "Loop", "Scan") for n in fn.node), fn.name
+    path = tmp / f"{name}.onnx"
+    external = []
+    if _weight_bytes(proto) > threshold:
+        external = [f"{name}.onnx.data"]  # a bare file name: it cannot point outside OUT
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=external[0], size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    # Full checker (incl. strict shape inference); by path so external data and >2 GiB work.
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {"file": path.name, "sha256": file_sha256(path),
+            "external_data": [{"file": f, "sha256": file_sha256(tmp / f)} for f in external],
+            "inputs": [_io(v) for v in graph.input], "outputs": [_io(v) for v in graph.output]}
+
+
+def _io(value: onnx.ValueInfoProto) -> dict:
+    t = value.type.tensor_type
+    shape = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in t.shape.dim]
+    return io_entry(value.name, shape, _NP_NAMES.get(t.elem_type, onnx.TensorProto.DataType.Name(t.elem_type)))
+
+
+def _weight_bytes(proto: onnx.ModelProto) -> int:
+    total = 0
+    for t in proto.graph.initializer:
+        total += len(t.raw_data) if t.HasField("raw_data") else 8 * max(
+            len(t.float_data), len(t.int64_data), len(t.int32_data), len(t.double_data))
+    return total
+
+
+# -- the output directory ---------------------------------------------------------------------
+def _temp_dir_beside(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise LinexportError(f"expected -o to name a directory (or a new path), got the file {out}")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).exists():
+        raise LinexportError(f"expected -o to be a new or empty directory or a previous export, got {out}, "
+                             f"which holds other files (no {MANIFEST_NAME}); choose another -o")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise LinexportError(f"expected a writable place for {out}, got {type(e).__name__}: "
+                             f"{e.strerror or e}; choose another -o") from None
+
+
+def _publish(tmp: Path, out: Path):
+    """Renames ``tmp`` to ``out``; a previous export at ``out`` is replaced only after that."""
+    # mkdtemp (and onnx's external-data writer) make private files; an export is ordinary output.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for path in tmp.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,137 @@
+"""Tracing a CausalLM into the two graphs of the contract (DESIGN.md, "Graph IO").
+
+    prefill: input_ids int64 [batch, seq] (right-padded), lengths int64 [batch]
+             -> logits [batch, vocab] (or [batch, seq, vocab]), present.{layer}.{name}
+    decode:  input_ids int64 [batch, 1], position int64 [batch], past.{layer}.{name}
+             -> logits [batch, vocab], present.{layer}.{name}
+
+The model's attention calls become the bare custom node (export/attention_op.py); lowerings
+are applied afterwards (export/lowerings.py). State names and shapes come from
+``model.state_specs()``, so every architecture goes through the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from linexport.export import attention_op
+from linexport.export.opset import convert_opset
+from linexport.models.base import CausalLM
+
+# torch.export needs example inputs; these sizes avoid the 0/1 specialisation of dynamic dims.
+_EXAMPLE_BATCH, _EXAMPLE_SEQ = 2, 5
+
+
+class PrefillGraph(nn.Module):
+    def __init__(self, model: CausalLM, full_logits: bool):
+        super().__init__()
+        self.model = model
+        self.full_logits = full_logits
+        self.state_names = [s.name for s in model.state_specs()]
+
+    def forward(self, input_ids, lengths):
+        logits, state = self.model.prefill(input_ids, lengths, full_logits=self.full_logits)
+        return (logits, *(state[name] for name in self.state_names))
+
+
+class DecodeGraph(nn.Module):
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.model = model
+        self.state_names = [s.name for s in model.state_specs()]
+
+    def forward(self, input_ids, position, *past):
+        logits, state = self.model.step(input_ids[:, 0], position, dict(zip(self.state_names, past)))
+        return (logits, *(state[name] for name in self.state_names))
+
+
+def io_names(model: CausalLM) -> dict:
+    """Graph input/output names of both graphs, in order."""
+    states = [s.name for s in model.state_specs()]
+    return {
+        "prefill": {"inputs": ["input_ids", "lengths"],
+                    "outputs": ["logits"] + [f"present.{s}" for s in states]},
+        "decode": {"inputs": ["input_ids", "position"] + [f"past.{s}" for s in states],
+                   "outputs": ["logits"] + [f"present.{s}" for s in states]},
+    }
+
+
+def trace_prefill(model: CausalLM, opset: int, full_logits: bool) -> onnx.ModelProto:
+    names = io_names(model)["prefill"]
+    ids = torch.randint(0, model.config.vocab_size, (_EXAMPLE_BATCH, _EXAMPLE_SEQ), generator=_example_rng())
+    lengths = torch.tensor([_EXAMPLE_SEQ, _EXAMPLE_SEQ - 2])
+    dyn = torch.export.Dim.DYNAMIC  # a named Dim with min/max fails on the padded chunk length
+    proto = _export(PrefillGraph(model, full_logits), (ids, lengths), names,
+                    ({0: dyn, 1: dyn}, {0: dyn}), model.arch, opset)
+    _name_dims(proto, {("input_ids", 0): "batch", ("input_ids", 1): "seq"})
+    return proto
+
+
+def trace_decode(model: CausalLM, opset: int) -> onnx.ModelProto:
+    names = io_names(model)["decode"]
+    ids = torch.randint(0, model.config.vocab_size, (_EXAMPLE_BATCH, 1), generator=_example_rng())
+    position = torch.tensor([_EXAMPLE_SEQ, _EXAMPLE_SEQ - 2])
+    # A non-zero example state: a zeros example could let a tracer fold it away.
+    past = [s + 0.5 for s in model.initial_state(_EXAMPLE_BATCH).values()]
+    dyn = torch.export.Dim.DYNAMIC
+    dynamic = ({0: dyn}, {0: dyn}, tuple({0: dyn} for _ in past))  # *past is one entry
+    proto = _export(DecodeGraph(model), (ids, position, *past), names, dynamic, model.arch, opset)
+    _name_dims(proto, {(name, 0): "batch" for name in names["inputs"]})
+    return proto
+
+
+def _example_rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)  # leaves the caller's global RNG alone
+
+
+def _export(module: nn.Module, args: tuple, names: dict, dynamic, arch: str,
+            opset: int) -> onnx.ModelProto:
+    translation = attention_op.onnx_translation() if attention_op.substitutable(arch) else None
+    with attention_op.substituted_attention(arch), quiet_exporter():
+        program = torch.onnx.export(
+            module.eval(), args, dynamo=True, dynamic_shapes=dynamic,
+            input_names=names["inputs"], output_names=names["outputs"],
+            custom_translation_table=translation, optimize=True, verbose=False)
+    proto = program.model_proto
+    for node in proto.graph.node:
+        # torch records each node's Python stack and FX node: local source paths, half the file.
+        del node.metadata_props[:]
+    return convert_opset(proto, opset)
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """torch.onnx prints progress lines and warnings per export; the CLI shows its own."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
+                                                "onnxscript", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _name_dims(proto: onnx.ModelProto, names: dict):
+    """Renames the exporter's symbolic dims (s0, s27, ...) to the contract's names everywhere."""
+    inputs = {v.name: v for v in proto.graph.input}
+    rename = {}
+    for (tensor, axis), new in names.items():
+        dim = inputs[tensor].type.tensor_type.shape.dim[axis]
+        assert dim.HasField("dim_param"), (tensor, axis, dim)
+        rename[dim.dim_param] = new
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]

@@ -1,0 +1,33 @@
+"""The exported attention op's name, fields and layouts: the plugin's contract, as constants.
+
+The spec itself is written once in ``plugins/causal_linear_attention/README.md``:
+
+    linexport::CausalLinearAttention (version 1)
+    inputs   query [B, T, H*Dk]   φ(q), already feature-mapped
+             key   [B, T, H*Dk]   φ(k), zero rows at padded positions
+             value [B, T, H*Dv]
+             past_state [B, H, Dk, Dv+1] float32   (zeros for prefill)
+    outputs  output [B, T, H*Dv]  dtype of query (float32 / float16 / bfloat16)
+             present_state [B, H, Dk, Dv+1] float32
+    attrs    num_heads (int), eps (float, default 1e-6)
+    math     P_t = P_{t-1} + k_t [v_t, 1]ᵀ;  u = q_tᵀ P_t;  o_t = u[:Dv] / (u[Dv] + eps)
+
+Nothing here imports torch or onnx: the runtime and the manifest checks read these too.
+"""
+
+DOMAIN = "linexport"
+OP_TYPE = "CausalLinearAttention"
+OP_VERSION = 1
+INPUTS = ("query", "key", "value", "past_state")
+OUTPUTS = ("output", "present_state")
+ATTR_NUM_HEADS = "num_heads"
+ATTR_EPS = "eps"
+DEFAULT_EPS = 1e-6
+
+# Lowerings of the op (one export option) and the opsets each needs.
+LOWERINGS = ("function", "plugin", "standard")
+DEFAULT_LOWERING = "function"
+MIN_OPSET = 20  # torch.onnx exports opset 20 (tanh-GELU is Gelu-20); the body needs >= 18
+STANDARD_MIN_OPSET = 27  # ONNX LinearAttention
+MAX_OPSET = 27  # the newest opset whose changes over ours we know and check (export/opset.py)
+DEFAULT_OPSET = {"function": 20, "plugin": 20, "standard": 27}

@@ -1,0 +1,67 @@
+"""Running an export directory's two graphs in ONNX Runtime (CPU), for verify and the tests.
+
+A ``plugin``-lowered graph holds a bare custom node that only TensorRT's plugin resolves; to run
+it here the graph is given the ``function`` lowering's body for that node (in a temp copy —
+the export itself is never modified). What runs is then the graph around the node exactly as
+exported, with the reference decomposition in place of the plugin.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from linexport.export.manifest import load_manifest
+
+
+class OrtGraphs:
+    """prefill(input_ids, lengths) and decode(input_ids, position, state) over numpy arrays."""
+
+    def __init__(self, root, manifest: dict | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        self.root = Path(root)
+        self.manifest = manifest or load_manifest(self.root)
+        self.state_names = [s["name"] for s in self.manifest["states"]]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # ORT warns about every fp16 op it cannot constant-fold
+        options.intra_op_num_threads = threads
+        self._sessions = {}
+        with tempfile.TemporaryDirectory(prefix="linexport-ort-") as tmp:
+            for name in ("prefill", "decode"):
+                path = self._runnable_path(name, Path(tmp))
+                self._sessions[name] = ort.InferenceSession(str(path), options,
+                                                            providers=["CPUExecutionProvider"])
+
+    def _runnable_path(self, name: str, tmp: Path) -> Path:
+        path = self.root / self.manifest["graphs"][name]["file"]
+        lowering = self.manifest["lowering"]
+        if lowering["option"] != "plugin" or "function_chunk" not in lowering:
+            return path  # runnable as it is (or an arch without the custom node)
+        import onnx
+
+        from linexport.export.lowerings import with_function_body
+
+        chunk = lowering["function_chunk"][name]
+        model = with_function_body(onnx.load(str(path)), chunk)
+        copy = tmp / path.name
+        external = bool(self.manifest["graphs"][name]["external_data"])
+        onnx.save_model(model, str(copy), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data")
+        return copy
+
+    def prefill(self, input_ids: np.ndarray, lengths: np.ndarray):
+        """-> (logits, {state name: array})"""
+        outputs = self._sessions["prefill"].run(None, {"input_ids": np.asarray(input_ids, np.int64),
+                                                        "lengths": np.asarray(lengths, np.int64)})
+        return outputs[0], dict(zip(self.state_names, outputs[1:]))
+
+    def decode(self, input_ids: np.ndarray, position: np.ndarray, state: dict):
+        """input_ids [B] or [B, 1] -> (logits [B, V], new state)"""
+        feed = {"input_ids": np.asarray(input_ids, np.int64).reshape(-1, 1),
+                "position": np.asarray(position, np.int64)}
+        feed.update({f"past.{n}": state[n] for n in self.state_names})
+        outputs = self._sessions["decode"].run(None, feed)
+        return outputs[0], dict(zip(self.state_names, outputs[1:]))

@@ -1,0 +1,83 @@
+"""The manifest validator: what it accepts, what it refuses, and that it needs neither torch nor
+onnx (the torch-free runtime imports it)."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from linexport.errors import LinexportError
+from linexport.export.manifest import MANIFEST_NAME, load_manifest, validate_manifest
+
+
+def test_importing_the_manifest_module_pulls_in_no_torch_or_onnx():
+    code = ("import sys, linexport.export.manifest, linexport.export.op_spec; "
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def manifest(exports):
+    return json.loads((exports.dir("linear", "fp32") / MANIFEST_NAME).read_text())
+
+
+def test_a_written_manifest_validates(manifest, exports):
+    validate_manifest(manifest)
+    assert load_manifest(exports.dir("linear", "fp32")) == manifest
+
+
+def _mutations():
+    def set_(path, value):
+        def apply(m):
+            target = m
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+        return apply
+
+    return {
+        "wrong format": (set_(["format"], "onnx"), "expected a linexport export manifest"),
+        "newer version": (set_(["format_version"], 2), "manifest format version 2"),
+        "missing field": (lambda m: m.pop("states"), "expected field 'states'"),
+        "bool as int": (set_(["vocab_size"], True), "expected field 'vocab_size' to be a int"),
+        "bad precision": (set_(["precision"], "int8"), "expected precision in"),
+        "fp16 state": (set_(["states", 0, "dtype"], "float16"), "expected each state"),
+        "renamed output": (set_(["graphs", "decode", "outputs", 1, "name"], "present.kv0"),
+                           "the decode graph's IO does not match"),
+        "escaping path": (set_(["graphs", "prefill", "file"], "../prefill.onnx"),
+                          "a relative path inside the export"),
+        "absolute path": (set_(["graphs", "prefill", "file"], "/etc/passwd"),
+                          "a relative path inside the export"),
+        "escaping external data": (set_(["graphs", "prefill", "external_data"],
+                                         [{"file": "../../w.data", "sha256": "0" * 64}]),
+                                   "a relative path inside the export"),
+        "vocab mismatch": (set_(["vocab_size"], 7), "the prefill graph's IO does not match"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mutations()))
+def test_invalid_manifests_are_refused(manifest, case):
+    mutate, message = _mutations()[case]
+    bad = copy.deepcopy(manifest)
+    mutate(bad)
+    with pytest.raises(LinexportError, match=message):
+        validate_manifest(bad)
+
+
+def test_load_checks_every_file_hash(exports, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(exports.dir("linear", "fp32"), out)
+    (out / "prefill.onnx").write_bytes((out / "prefill.onnx").read_bytes() + b"\0")
+    with pytest.raises(LinexportError, match="prefill.onnx to match the sha256"):
+        load_manifest(out)
+    assert load_manifest(out, verify_hashes=False)["arch"] == "linear"
+    shutil.copy(exports.dir("linear", "fp32") / "prefill.onnx", out / "prefill.onnx")
+    (out / "decode.onnx").unlink()
+    with pytest.raises(LinexportError, match="decode.onnx .* is missing"):
+        load_manifest(out)
