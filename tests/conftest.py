@@ -11,6 +11,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
+def run_steps(model, ids, state=None, start=0):
+    """Feeds ids [B, T] through ``model.step`` one token at a time from position ``start``;
+    returns (logits [B, T, V], final state)."""
+    B, T = ids.shape
+    state = state if state is not None else model.initial_state(B)
+    logits = []
+    for t in range(T):
+        out, state = model.step(ids[:, t], torch.full((B,), start + t), state)
+        logits.append(out)
+    return torch.stack(logits, 1), state
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

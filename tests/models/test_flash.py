@@ -9,7 +9,7 @@ from linexport.models.checkpoint import load_checkpoint, save_checkpoint
 from linexport.models.flash import FlashConfig, FlashLM
 from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
 from linexport.models.ops.naive import naive_mixed_chunk_attention
-from tests.conftest import rel_err
+from tests.conftest import rel_err, run_steps
 
 C = 8
 CONFIGS = {
@@ -30,16 +30,6 @@ def make_model(name, **overrides):
             elif p.shape == (32, 1):  # relative position bias: make it matter
                 p.normal_(0, 0.3)
     return model
-
-
-def run_steps(model, ids, state=None, start=0):
-    B, T = ids.shape
-    state = state if state is not None else model.initial_state(B)
-    out = []
-    for t in range(T):
-        logits, state = model.step(ids[:, t], torch.full((B,), start + t), state)
-        out.append(logits)
-    return torch.stack(out, 1), state
 
 
 @pytest.mark.parametrize("T", [1, C - 1, C, C + 1, 97, 1025], ids=lambda t: f"T{t}")

@@ -9,7 +9,7 @@ import torch
 from linexport.errors import LinexportError
 from linexport.models.linear import LinearConfig, LinearLM
 from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
-from tests.conftest import rel_err
+from tests.conftest import rel_err, run_steps
 
 CHUNK = 16
 
@@ -28,16 +28,6 @@ def make_model(name, **overrides):
         for p in model.parameters():
             p.mul_(4.0) if p.dim() == 2 else None
     return model
-
-
-def run_steps(model, ids, state=None, start=0):
-    B, T = ids.shape
-    state = state if state is not None else model.initial_state(B)
-    logits = []
-    for t in range(T):
-        out, state = model.step(ids[:, t], torch.full((B,), start + t), state)
-        logits.append(out)
-    return torch.stack(logits, 1), state
 
 
 @pytest.mark.parametrize("T", [1, CHUNK - 1, CHUNK, CHUNK + 1, 97, 1025], ids=lambda t: f"T{t}")
