@@ -65,13 +65,18 @@ def main():
                                  batch, threads=args.threads)
             ids = np.full(batch, 65, np.int64)
             for ctx in contexts:
-                prompt = np.random.default_rng(ctx).integers(0, 256, (batch, ctx))
-                backend.prefill(prompt, np.full(batch, ctx, np.int64), list(range(batch)))
+                # Prefill one sequence and copy its state into every slot: a batch-16 prefill of
+                # 16384 tokens each would need far more memory than the decode being measured.
+                prompt = np.random.default_rng(ctx).integers(0, 256, (1, ctx))
+                backend.prefill(prompt, np.array([ctx], np.int64), [0])
+                for slot in range(1, batch):
+                    backend.copy_slot(0, slot)
                 pos = np.full(batch, ctx, np.int64)
                 ort_ms = median_ms(lambda: backend.decode(ids, pos), args.steps)
 
                 with torch.no_grad():
                     _, state = model.prefill(torch.from_numpy(prompt))
+                    state = {k: v.expand(batch, *v.shape[1:]).contiguous() for k, v in state.items()}
                     tids, tpos = torch.from_numpy(ids), torch.from_numpy(pos)
                     torch_ms = median_ms(lambda: model.step(tids, tpos, state), args.steps)
                 rows.append((batch, ctx, ort_ms, torch_ms))
