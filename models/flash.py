@@ -30,6 +30,11 @@ from linexport.models.config import require
 from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
 
 
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """State and rotary precision: fp32, or fp64 when the whole model runs in fp64 (oracle tests)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @dataclass
 class FlashConfig:
     vocab_size: int = 256
@@ -59,7 +64,11 @@ class FlashConfig:
                 f"config FlashConfig.rotary_dim must be even and in [0, qk_dim={self.qk_dim}], got {self.rotary_dim}")
         require(not self.abs_pos_emb or self.d_model % 2 == 0,
                 f"config FlashConfig: sinusoidal positions need an even d_model, got {self.d_model}")
-        require(self.rel_pos_buckets >= 2, "config FlashConfig.rel_pos_buckets must be >= 2")
+        require(self.rel_pos_buckets >= 2,
+                f"config FlashConfig.rel_pos_buckets must be >= 2, got {self.rel_pos_buckets}")
+        require(self.rel_pos_max_distance > self.rel_pos_buckets // 2,
+                f"config FlashConfig.rel_pos_max_distance must exceed rel_pos_buckets // 2 = "
+                f"{self.rel_pos_buckets // 2} (the log-spaced buckets start there), got {self.rel_pos_max_distance}")
 
     @property
     def hidden_dim(self) -> int:
@@ -99,7 +108,7 @@ def rotary_interleaved(x: torch.Tensor, positions: torch.Tensor, dim: int, base:
     angles = positions.float().unsqueeze(-1) * inv_freq  # [..., T, dim/2]
     cos = torch.cos(angles).repeat_interleave(2, -1)
     sin = torch.sin(angles).repeat_interleave(2, -1)
-    rot, rest = x[..., :dim].float(), x[..., dim:]
+    rot, rest = x[..., :dim].to(_state_dtype(x.dtype)), x[..., dim:]
     pairs = rot.unflatten(-1, (dim // 2, 2))
     swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     return torch.cat([(rot * cos + swapped * sin).to(x.dtype), rest], dim=-1)
@@ -126,7 +135,8 @@ class FlashLayer(nn.Module):
         C = self.config.chunk_size
         if not self.config.rel_pos_bias:
             return torch.zeros(C, C, device=self.to_qk.weight.device)
-        return self.rel_pos_bias.weight[self.buckets, 0].float() * self.config.qk_dim ** 0.5
+        weight = self.rel_pos_bias.weight
+        return weight[self.buckets, 0].to(_state_dtype(weight.dtype)) * self.config.qk_dim ** 0.5
 
     def _project(self, normed, positions):
         """normed [..., D] (after token shift) -> (quad_q, lin_q, quad_k, lin_k, v, gate)."""
@@ -153,7 +163,7 @@ class FlashLayer(nn.Module):
         out, (lin_kv, pending, k_buf, v_buf) = chunk_mixed_attention(
             quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths)
         last = (lengths - 1).view(B, 1, 1).expand(B, 1, half)
-        shift = normed[..., :half].gather(1, last).squeeze(1).float()
+        shift = normed[..., :half].gather(1, last).squeeze(1).to(_state_dtype(x.dtype))
         state = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf, "shift": shift}
         return x + self.to_out(gate * out), state
 
@@ -168,7 +178,7 @@ class FlashLayer(nn.Module):
         out, (lin_kv, pending, k_buf, v_buf) = step_mixed_attention(
             quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), position, parts, c.attn_fn)
         new = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf,
-               "shift": normed[..., :half].float()}
+               "shift": normed[..., :half].to(_state_dtype(x.dtype))}
         return x + self.to_out(gate * out), new
 
 

@@ -12,6 +12,10 @@ The recurrent state of one layer (all fp32):
     v_buf    [B, C, E]  the partial chunk's values
 The position is not state: it comes with every step. The fold at a chunk boundary is
 arithmetic on the position (``torch.where``), so the exported decode graph has no branches.
+``pending`` stands for the partial chunk's linear keys: it is all the fold needs of them, and
+keeping it (S×E) instead of the keys (C×S) spares each decode step a C×S×E matmul.
+
+Both forms compute in fp32, or in fp64 when given fp64 (the tests' tight oracle runs).
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ import torch.nn.functional as F
 
 _LAPLACE_MU = math.sqrt(0.5)
 _LAPLACE_STD = math.sqrt((4 * math.pi) ** -1)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp16/bf16/fp32 activations (the state is fp32), fp64 stays fp64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def attention_fn(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -45,8 +54,8 @@ def chunk_mixed_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_size: int
     B, T, S = quad_q.shape
     E = v.shape[-1]
     C = chunk_size
-    out_dtype = v.dtype
-    quad_q, quad_k, lin_q, lin_k, v = (t.float() for t in (quad_q, quad_k, lin_q, lin_k, v))
+    out_dtype, dtype = v.dtype, _compute_dtype(v.dtype)
+    quad_q, quad_k, lin_q, lin_k, v = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, v))
     positions = torch.arange(T, device=v.device)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int64, device=v.device)
@@ -61,7 +70,7 @@ def chunk_mixed_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_size: int
     vv = v.view(B, N, C, E)
     key_ok = valid.view(B, N, 1, C)
 
-    sim = qq @ qk.transpose(-1, -2) / C + bias.float()  # [B, N, C, C]
+    sim = qq @ qk.transpose(-1, -2) / C + bias.to(dtype)  # [B, N, C, C]
     causal = torch.ones(C, C, dtype=torch.bool, device=v.device).tril()
     attn = torch.where(causal & key_ok, attention_fn(sim, attn_fn), 0.0)
     quad_out = attn @ vv  # [B, N, C, E]
@@ -95,15 +104,15 @@ def step_mixed_attention(quad_q, quad_k, lin_q, lin_k, v, bias, position, state,
     Returns (out [B, E] in v's dtype, new state)."""
     lin_kv, pending, k_buf, v_buf = state
     C = k_buf.shape[1]
-    out_dtype = v.dtype
-    quad_q, quad_k, lin_q, lin_k, v = (t.float() for t in (quad_q, quad_k, lin_q, lin_k, v))
+    out_dtype, dtype = v.dtype, _compute_dtype(v.dtype)
+    quad_q, quad_k, lin_q, lin_k, v = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, v))
     offset = position % C  # [B]
     cols = torch.arange(C, device=v.device).unsqueeze(0)  # [1, C]
     here = (cols == offset.unsqueeze(1)).unsqueeze(-1)  # [B, C, 1]
     k_buf = torch.where(here, quad_k.unsqueeze(1), k_buf)
     v_buf = torch.where(here, v.unsqueeze(1), v_buf)
 
-    bias_row = bias.float().index_select(0, offset)  # [B, C]
+    bias_row = bias.to(dtype).index_select(0, offset)  # [B, C]
     sim = torch.einsum("bs,bcs->bc", quad_q, k_buf) / C + bias_row
     attn = torch.where(cols <= offset.unsqueeze(1), attention_fn(sim, attn_fn), 0.0)
     quad_out = torch.einsum("bc,bce->be", attn, v_buf)
