@@ -16,7 +16,15 @@ Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout
                                         "dtype": "int64"}, ...], "outputs": [...]},
                 "decode": {...}},
      "states": [{"name": "0.kv", "shape": ["batch", 4, 64, 65], "dtype": "float32", "doc": ""}],
-     "source": {"checkpoint": "/abs/ckpt.pt", "sha256": "..."}}
+     "source": {"checkpoint": "/abs/ckpt.pt", "sha256": "..."},
+     # only after `linexport trt` (export/engines.py):
+     "engines": {"target": "rtx",            # or "tensorrt"
+                 "tensorrt_version": "1.7.1.116", "precision": "fp16", "strongly_typed": true,
+                 "tf32": false,
+                 "profile": {"batch": [1, 1, 8], "seq": [1, 256, 4096], ...},  # (min, opt, max)
+                 "attention": "plugin",      # or "inlined function body", "traced", ...
+                 "plugin_library": null,     # or {"file": "liblinexport_trt_plugin.so", "sha256": "..."}
+                 "graphs": {"prefill": {"file": "prefill.engine", "sha256": "..."}, "decode": {...}}}}
 
 Graph IO for each state: ``past.{name}`` in (decode) and ``present.{name}`` out (both graphs).
 """
@@ -27,7 +35,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from linexport.errors import LinexportError
-from linexport.files import file_sha256
+from linexport.files import atomic_write, file_sha256
 
 MANIFEST_NAME = "linexport.json"
 FORMAT_TAG = "linexport.export"
@@ -60,6 +68,15 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
             for entry in [graph, *graph["external_data"]]:
                 _check_file(root, entry["file"], entry["sha256"])
     return data
+
+
+def engine_files(data: dict) -> list[dict]:
+    """The ``{file, sha256}`` entries of the TensorRT engines (and plugin library) recorded in a
+    validated manifest; empty before `linexport trt`."""
+    engines = data.get("engines")
+    if not engines:
+        return []
+    return [*engines["graphs"].values(), *([engines["plugin_library"]] if engines["plugin_library"] else [])]
 
 
 def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
@@ -120,13 +137,48 @@ def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
             fail(f"the {name} graph's IO does not match the graph contract and the state specs: "
                  f"expected inputs {inputs} and outputs {outputs}, got {graph.get('inputs')} and "
                  f"{graph.get('outputs')}")
+    if "engines" in data:
+        _validate_engines(data["engines"], data["precision"], fail)
 
+
+ENGINE_TARGETS = ("tensorrt", "rtx")
+
+
+def _validate_engines(engines, precision: str, fail):
+    def file_entry(entry) -> bool:
+        return (isinstance(entry, dict) and _inside(entry.get("file")) and isinstance(entry.get("sha256"), str)
+                and len(entry["sha256"]) == 64)
+
+    if not isinstance(engines, dict) or engines.get("target") not in ENGINE_TARGETS:
+        fail(f"expected engines.target in {list(ENGINE_TARGETS)}, got {engines!r:.200}")
+    if engines.get("precision") != precision:
+        fail(f"expected engines built at the graphs' precision {precision!r}, got {engines.get('precision')!r}")
+    profile = engines.get("profile")
+    if not (isinstance(profile, dict) and all(
+            isinstance(r, list) and len(r) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+            and 0 <= r[0] <= r[1] <= r[2] for r in profile.values())
+            and {"batch", "seq"} <= set(profile)):
+        fail(f"expected engines.profile as {{dim: [min, opt, max]}} with 'batch' and 'seq', got {profile!r}")
+    graphs = engines.get("graphs")
+    if not (isinstance(graphs, dict) and set(graphs) == set(GRAPHS) and all(map(file_entry, graphs.values()))):
+        fail(f"expected engines.graphs as {{prefill, decode: {{file, sha256}}}}, got {graphs!r}")
+    plugin = engines.get("plugin_library")
+    if plugin is not None and not file_entry(plugin):
+        fail(f"expected engines.plugin_library as null or {{file, sha256}}, got {plugin!r}")
 
 def write_manifest(data: dict, root) -> Path:
     """Validates ``data`` and writes it as ``root/linexport.json`` (root is a fresh temp dir)."""
     validate_manifest(data)
     path = Path(root) / MANIFEST_NAME
     path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def update_manifest(data: dict, root) -> Path:
+    """Validates ``data`` and replaces ``root/linexport.json`` with it in one rename."""
+    validate_manifest(data)
+    path = Path(root) / MANIFEST_NAME
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
     return path
 
 

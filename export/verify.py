@@ -14,41 +14,20 @@ far from the fp32 model as PyTorch's own fp16 model is on the same inputs.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from linexport.errors import LinexportError
+from linexport.export.checks import FP32_REL_TOL, Check, errors
 from linexport.export.exporter import source_record
 from linexport.export.manifest import load_manifest
 from linexport.export.ort_session import OrtGraphs
 
-FP32_REL_TOL = 1e-4
 LOW_PRECISION_FACTOR = 2.0
 REAL_PROMPTS = ("def fibonacci(n):\n    ", "import os\nimport sys\n\n", "class Stack:\n    def push(self, x):",
                 "# Linear attention keeps a fixed-size state.\n")
-
-
-@dataclass
-class Check:
-    what: str
-    abs_err: float
-    rel_err: float
-    tol: float  # on rel_err
-
-    @property
-    def ok(self) -> bool:
-        return bool(np.isfinite(self.rel_err)) and self.rel_err <= self.tol
-
-
-def errors(got, ref) -> tuple[float, float]:
-    """(max |got - ref|, max |got - ref| / max |ref|), in float64."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    diff = float(np.abs(got - ref).max()) if got.size else 0.0
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    return diff, diff / max(scale, 1e-30)
 
 
 def verify_export(root, steps: int = 8, checkpoint=None, log=lambda message: None) -> list[Check]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.export.manifest import MANIFEST_NAME, load_manifest  # pure JSON: no torch, no onnx
+from linexport.export.manifest import MANIFEST_NAME, engine_files, load_manifest  # pure JSON: no torch, no onnx
 from linexport.files import file_sha256
 
 
@@ -51,12 +51,23 @@ class Manifest:
     def graph_path(self, name: str) -> Path:
         return self.root / self.data["graphs"][name]["file"]
 
+    @property
+    def engines(self) -> dict:
+        """The record `linexport trt` wrote (target, precision, profile, files), or an error
+        telling how to build it."""
+        if not self.data.get("engines"):
+            raise LinexportError(f"{self.root}: no TensorRT engines are recorded; build them with "
+                                 f"`linexport trt {self.root}` (or --target rtx)")
+        return self.data["engines"]
+
     def engine_path(self, name: str) -> Path:
-        engines = self.data.get("engines") or {}
-        if name not in engines:
-            raise LinexportError(f"{self.root}: no TensorRT engine for the {name} graph is recorded; "
-                                 f"build them with `linexport trt {self.root}`")
-        return self.root / engines[name]["file"]
+        return self.root / self.engines["graphs"][name]["file"]
+
+    @property
+    def plugin_library(self) -> Path | None:
+        """The plugin library the engines were built with (copied into the export), or None."""
+        plugin = self.engines["plugin_library"]
+        return self.root / plugin["file"] if plugin else None
 
 
 def read_manifest(root, verify_hashes: bool = True) -> Manifest:
@@ -66,14 +77,14 @@ def read_manifest(root, verify_hashes: bool = True) -> Manifest:
     if root.name == MANIFEST_NAME:
         root = root.parent
     data = load_manifest(root, verify_hashes=verify_hashes)
-    for entry in (data.get("engines") or {}).values():
-        _check_engine(root / entry["file"], entry.get("sha256"), verify_hashes)
+    for entry in engine_files(data):
+        _check_engine(root / entry["file"], entry["sha256"], verify_hashes)
     return Manifest(root, data)
 
 
-def _check_engine(path: Path, sha256: str | None, verify: bool):
+def _check_engine(path: Path, sha256: str, verify: bool):
     if not path.exists():
         raise LinexportError(f"{path} is missing: rebuild the engines with `linexport trt {path.parent}`")
-    if verify and sha256 and file_sha256(path) != sha256:
+    if verify and file_sha256(path) != sha256:
         raise LinexportError(f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: it was "
                              f"modified or replaced after the build; rebuild with `linexport trt`")

@@ -21,3 +21,37 @@ def demo_checkpoint(arch: str = "linear") -> Path:
         raise LinexportError(f"the bundled demo model {path} is missing; reinstall linexport or "
                              f"train one with `linexport train --arch {arch} -o {path}`")
     return path
+
+
+def auto_target(target: str) -> str:
+    """``auto`` -> the TensorRT flavour installed here (full TensorRT first)."""
+    from linexport.tensorrt_flavours import TARGETS, is_installed
+
+    if target != "auto":
+        return target
+    for candidate in TARGETS:
+        if is_installed(candidate):
+            return candidate
+    raise LinexportError("no TensorRT is installed: pip install tensorrt-cu13 (TensorRT, with our plugin) "
+                         "or pip install tensorrt-rtx-cu13 (TensorRT for RTX GPUs)")
+
+
+target_option = click.option(
+    "--target", type=click.Choice(["auto", "tensorrt", "rtx"]), default="auto", show_default=True,
+    help="TensorRT flavour: 'tensorrt' (TensorRT >= 10, with our plugin) or 'rtx' (TensorRT for RTX, "
+         "function-lowered graphs, no plugin); 'auto' takes the one installed.")
+
+
+def print_checks(checks) -> bool:
+    """Prints ``export.checks.Check`` rows as a table; True when all passed."""
+    width = max(len(c.what) for c in checks)
+    click.echo(f"{'check'.ljust(width)}  {'max abs':>10}  {'max rel':>10}  {'rel tol':>10}")
+    for c in checks:
+        mark = "ok" if c.ok else click.style("FAIL", fg="red")
+        click.echo(f"{c.what.ljust(width)}  {c.abs_err:10.3e}  {c.rel_err:10.3e}  {c.tol:10.3e}  {mark}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        click.secho(f"{len(failed)} of {len(checks)} checks failed", fg="red", err=True)
+        return False
+    click.echo(f"all {len(checks)} checks passed")
+    return True

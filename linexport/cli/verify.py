@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from linexport.cli.common import print_checks
+
 
 @click.command("verify")
 @click.argument("out", type=click.Path(path_type=Path))
@@ -19,13 +21,5 @@ def command(out: Path, steps: int, model: Path | None):
     from linexport.export.verify import verify_export
 
     checks = verify_export(out, steps=steps, checkpoint=model, log=lambda m: click.echo(m, err=True))
-    width = max(len(c.what) for c in checks)
-    click.echo(f"{'check'.ljust(width)}  {'max abs':>10}  {'max rel':>10}  {'rel tol':>10}")
-    for c in checks:
-        mark = "ok" if c.ok else click.style("FAIL", fg="red")
-        click.echo(f"{c.what.ljust(width)}  {c.abs_err:10.3e}  {c.rel_err:10.3e}  {c.tol:10.3e}  {mark}")
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        click.secho(f"{len(failed)} of {len(checks)} checks failed", fg="red", err=True)
+    if not print_checks(checks):
         sys.exit(1)
-    click.echo(f"all {len(checks)} checks passed")

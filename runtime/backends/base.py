@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from linexport.errors import LinexportError
+
 
 class Backend(ABC):
     num_slots: int
@@ -44,3 +46,13 @@ class Backend(ABC):
     @abstractmethod
     def permute_slots(self, order: Sequence[int]) -> None:
         """Slot i takes the state slot ``order[i]`` had (beam search reordering)."""
+
+
+def checked_state(state: dict, name: str, shape: tuple) -> np.ndarray:
+    """``state[name]`` as an array of one slot's ``shape`` (set_state's input check)."""
+    if name not in state:
+        raise LinexportError(f"expected a state holding {name!r}, got keys {sorted(state)}")
+    value = np.asarray(state[name])
+    if value.shape != tuple(shape):
+        raise LinexportError(f"state {name}: expected shape {tuple(shape)}, got {value.shape}")
+    return value

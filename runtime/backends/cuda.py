@@ -101,6 +101,14 @@ class DeviceArray:
         value = np.ascontiguousarray(value, dtype=self.dtype)
         self.cuda.memcpy(self.row_ptr(row), value.ctypes.data, self.row_bytes, H2D)
 
+    def gather_rows_into(self, dst: DeviceArray, order, stream: int | None = None):
+        """dst row i = self row ``order[i]``; rows past len(order) are copied unchanged."""
+        for i, j in enumerate(order):
+            self.cuda.memcpy(dst.row_ptr(i), self.row_ptr(j), self.row_bytes, D2D, stream)
+        rest = self.shape[0] - len(order)
+        if rest:
+            self.cuda.memcpy(dst.row_ptr(len(order)), self.row_ptr(len(order)), rest * self.row_bytes, D2D, stream)
+
     def __del__(self):
         try:
             self.cuda.free(self.ptr)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend
+from linexport.runtime.backends.base import Backend, checked_state
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -117,10 +117,7 @@ class OrtBackend(Backend):
     def set_state(self, slot, state):
         for name in self.state_names:
             shape, dtype = self._state_meta[name]
-            value = np.asarray(state[name])
-            if value.shape != shape:
-                raise LinexportError(f"state {name}: expected shape {shape}, got {value.shape}")
-            self._io.write_row(self._past[name], slot, value.astype(dtype, copy=False))
+            self._io.write_row(self._past[name], slot, checked_state(state, name, shape).astype(dtype, copy=False))
 
     def copy_slot(self, src, dst):
         for name in self.state_names:
@@ -186,10 +183,4 @@ class _CudaBuffers:
         pool.write_row(slot, value)
 
     def gather_rows(self, src, dst, order):
-        from linexport.runtime.backends.cuda import D2D
-
-        for i, j in enumerate(order):
-            self._cuda.memcpy(dst.row_ptr(i), src.row_ptr(j), src.row_bytes, D2D)
-        rest = src.shape[0] - len(order)
-        if rest:
-            self._cuda.memcpy(dst.row_ptr(len(order)), src.row_ptr(len(order)), rest * src.row_bytes, D2D)
+        src.gather_rows_into(dst, order)

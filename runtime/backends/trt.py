@@ -1,10 +1,15 @@
 """TensorRT backend: the engines `linexport trt` built, device buffers allocated once, past/present
 state pools that swap roles each step, and each decode step replayed as a CUDA graph.
 
-One CUDA graph per (rows decoded, ping-pong parity): the graph bakes in buffer addresses, and
-the two parities bind the pools the other way round. All work goes on one stream. Needs a GPU
-and TensorRT (`tensorrt` for engines built for TensorRT, `tensorrt_rtx` for TensorRT-RTX ones);
-neither exists on our CI machines, where its tests skip with that reason.
+All buffers are allocated at construction, sized by the engines' optimization profile (the
+manifest records it): prefill binds slices of them for any batch and prompt length within the
+profile, decode binds the state pools themselves. One CUDA graph per (rows decoded, ping-pong
+parity): a graph bakes in buffer addresses, and the two parities bind the pools the other way
+round. All work goes on one stream.
+
+Needs a GPU and TensorRT (`tensorrt` for engines built with --target tensorrt, `tensorrt_rtx`
+for --target rtx); neither exists on our CI machines, where its tests skip with that reason.
+The generation logic above it is the same as for ONNX Runtime (runtime/generator.py).
 """
 
 from __future__ import annotations
@@ -14,20 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend
-
-
-def import_tensorrt(target: str = "tensorrt"):
-    """The TensorRT flavour an engine needs, or a LinexportError naming the package to install."""
-    names = {"tensorrt": ("tensorrt", "pip install tensorrt-cu13  (or linexport[trt])"),
-             "rtx": ("tensorrt_rtx", "pip install tensorrt-rtx-cu13  (or linexport[rtx])")}
-    if target not in names:
-        raise LinexportError(f"unknown TensorRT target {target!r}: expected 'tensorrt' or 'rtx'")
-    module, fix = names[target]
-    try:
-        return __import__(module)
-    except ImportError:
-        raise LinexportError(f"TensorRT ({module}) is not installed: {fix}") from None
+from linexport.runtime.backends.base import Backend, checked_state
+from linexport.tensorrt_flavours import import_tensorrt
 
 
 class _Engine:
@@ -48,28 +41,37 @@ class _Engine:
             self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
 
     def bind(self, name, ptr, shape=None):
-        if shape is not None:
-            self.context.set_input_shape(name, tuple(shape))
-        self.context.set_tensor_address(name, ptr)
+        if shape is not None and not self.context.set_input_shape(name, tuple(shape)):
+            raise LinexportError(f"TensorRT refused shape {tuple(shape)} for {name}: outside the "
+                                 "engine's optimization profile; rebuild with larger --max-batch/--max-seq")
+        if not self.context.set_tensor_address(name, ptr):
+            raise LinexportError(f"TensorRT refused the buffer for {name}")
+
+    def run(self, stream, what: str):
+        if not self.context.execute_async_v3(stream):
+            raise LinexportError(f"TensorRT {what} failed (see the TensorRT log above)")
 
 
 class TrtBackend(Backend):
-    def __init__(self, manifest, num_slots: int, device: str = "cuda", max_prefill_tokens: int = 1 << 16):
+    def __init__(self, manifest, num_slots: int, device: str = "cuda"):
         if device != "cuda":
             raise LinexportError(f"the TensorRT backend runs on 'cuda' only, got device {device!r}")
-        target = (manifest.data.get("engines_target") or "tensorrt")
-        trt = import_tensorrt(target)
+        engines = manifest.engines
+        if manifest.data["full_logits"]:
+            raise LinexportError(f"{manifest.root} was exported with --full-logits; the runtime decodes "
+                                 "from last-token logits: re-export without it, then `linexport trt`")
+        self.max_batch, self.max_seq = engines["profile"]["batch"][2], engines["profile"]["seq"][2]
+        if not 1 <= num_slots <= self.max_batch:
+            raise LinexportError(f"expected 1..{self.max_batch} state slots (the engines' --max-batch), got "
+                                 f"{num_slots}; rebuild with `linexport trt --max-batch {num_slots}`")
+        trt = import_tensorrt(engines["target"])
         from linexport.runtime.backends.cuda import CudaRuntime, DeviceArray
 
         self._cuda = CudaRuntime()
-        plugin = manifest.data.get("plugin_library")
-        if plugin:
-            from pathlib import Path
+        if manifest.plugin_library is not None:
+            from linexport.plugins import load_trt_plugins
 
-            lib = Path(plugin) if Path(plugin).is_absolute() else manifest.root / plugin
-            if trt.get_plugin_registry().load_library(str(lib)) is None:
-                raise LinexportError(f"TensorRT could not load the plugin library {lib}; rebuild it "
-                                     "(see plugins/README.md) or set LINEXPORT_PLUGIN_LIB")
+            load_trt_plugins(trt.get_plugin_registry(), manifest.plugin_library)
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         self._prefill = _Engine(trt, runtime, manifest.engine_path("prefill"))
@@ -79,18 +81,26 @@ class TrtBackend(Backend):
         self.state_names = [s.name for s in manifest.states]
         self._shapes = {s.name: tuple(s.shape[1:]) for s in manifest.states}
         self._stream = self._cuda.stream()
-        d = self._decode.dtypes
-        self._past = {n: DeviceArray(self._cuda, (num_slots, *self._shapes[n]), d[f"past.{n}"]) for n in self.state_names}
-        self._next = {n: DeviceArray(self._cuda, (num_slots, *self._shapes[n]), d[f"past.{n}"]) for n in self.state_names}
-        self._ids = DeviceArray(self._cuda, (num_slots, 1), np.int64)
-        self._pos = DeviceArray(self._cuda, (num_slots,), np.int64)
-        self._logits = DeviceArray(self._cuda, (num_slots, self.vocab_size), d["logits"])
+
+        def pool(rows, shape, dtype):
+            return DeviceArray(self._cuda, (rows, *shape), dtype)
+
+        d, p = self._decode.dtypes, self._prefill.dtypes
+        # decode: two state pools (past / next), ids, positions, logits
+        self._past = {n: pool(num_slots, self._shapes[n], d[f"past.{n}"]) for n in self.state_names}
+        self._next = {n: pool(num_slots, self._shapes[n], d[f"past.{n}"]) for n in self.state_names}
+        self._ids = pool(num_slots, (1,), np.int64)
+        self._pos = pool(num_slots, (), np.int64)
+        self._logits = pool(num_slots, (self.vocab_size,), d["logits"])
         self._host_ids = np.zeros((num_slots, 1), np.int64)
         self._host_pos = np.zeros((num_slots,), np.int64)
+        # prefill: the profile's largest inputs and outputs; a call binds their leading part
+        self._prefill_ids = pool(self.max_batch * self.max_seq, (), np.int64)
+        self._prefill_lengths = pool(self.max_batch, (), np.int64)
+        self._prefill_logits = pool(self.max_batch, (self.vocab_size,), p["logits"])
+        self._prefill_states = {n: pool(self.max_batch, self._shapes[n], p[f"present.{n}"]) for n in self.state_names}
         self._graphs: dict[tuple[int, int], int] = {}
         self._parity = 0
-        self._max_prefill_tokens = max_prefill_tokens
-        self._DeviceArray = DeviceArray
 
     def prefill(self, input_ids, lengths, slots):
         from linexport.runtime.backends.cuda import D2D, H2D
@@ -98,27 +108,25 @@ class TrtBackend(Backend):
         input_ids = np.ascontiguousarray(input_ids, np.int64)
         lengths = np.ascontiguousarray(lengths, np.int64)
         n, T = input_ids.shape
+        if not (1 <= n <= self.max_batch and 1 <= T <= self.max_seq):
+            raise LinexportError(f"expected a prefill of 1..{self.max_batch} prompts of 1..{self.max_seq} "
+                                 f"tokens (the engines' profile), got {n} x {T}; rebuild with "
+                                 "`linexport trt --max-batch/--max-seq`, or split the prompt")
         e = self._prefill
-        ids = self._DeviceArray(self._cuda, (n, T), np.int64)
-        lens = self._DeviceArray(self._cuda, (n,), np.int64)
-        self._cuda.memcpy(ids.ptr, input_ids.ctypes.data, ids.nbytes, H2D)
-        self._cuda.memcpy(lens.ptr, lengths.ctypes.data, lens.nbytes, H2D)
-        e.bind("input_ids", ids.ptr, (n, T))
-        e.bind("lengths", lens.ptr, (n,))
-        logits = self._DeviceArray(self._cuda, (n, self.vocab_size), e.dtypes["logits"])
-        e.bind("logits", logits.ptr)
-        outs = {}
+        self._cuda.memcpy(self._prefill_ids.ptr, input_ids.ctypes.data, input_ids.nbytes, H2D, self._stream)
+        self._cuda.memcpy(self._prefill_lengths.ptr, lengths.ctypes.data, lengths.nbytes, H2D, self._stream)
+        e.bind("input_ids", self._prefill_ids.ptr, (n, T))
+        e.bind("lengths", self._prefill_lengths.ptr, (n,))
+        e.bind("logits", self._prefill_logits.ptr)
         for name in self.state_names:
-            outs[name] = self._DeviceArray(self._cuda, (n, *self._shapes[name]), e.dtypes[f"present.{name}"])
-            e.bind(f"present.{name}", outs[name].ptr)
-        if not e.context.execute_async_v3(self._stream):
-            raise LinexportError("TensorRT prefill failed (see the TensorRT log above)")
+            e.bind(f"present.{name}", self._prefill_states[name].ptr)
+        e.run(self._stream, "prefill")
         for row, slot in enumerate(slots):
             for name in self.state_names:
-                pool = self._past[name]
-                self._cuda.memcpy(pool.row_ptr(slot), outs[name].row_ptr(row), pool.row_bytes, D2D, self._stream)
+                pool, out = self._past[name], self._prefill_states[name]
+                self._cuda.memcpy(pool.row_ptr(slot), out.row_ptr(row), pool.row_bytes, D2D, self._stream)
         self._cuda.sync(self._stream)
-        return logits.read().astype(np.float32, copy=False)
+        return self._prefill_logits.read(rows=n).astype(np.float32, copy=False)
 
     def decode(self, input_ids, positions):
         from linexport.runtime.backends.cuda import H2D
@@ -134,13 +142,12 @@ class TrtBackend(Backend):
         if key not in self._graphs:
             self._bind_decode(n)
             # Run once outside capture: TensorRT may allocate or tune on a new shape.
-            if not self._decode.context.execute_async_v3(self._stream):
-                raise LinexportError("TensorRT decode failed (see the TensorRT log above)")
+            self._decode.run(self._stream, "decode")
             self._cuda.sync(self._stream)
-            self._graphs[key] = self._cuda.capture(
-                self._stream, lambda: self._decode.context.execute_async_v3(self._stream))
-        else:
-            self._cuda.launch_graph(self._graphs[key], self._stream)
+            # That run advanced the state into `_next`; the captured replay below recomputes the
+            # same step from the same `_past`, so the result is as if it ran once.
+            self._graphs[key] = self._cuda.capture(self._stream, lambda: self._decode.run(self._stream, "decode"))
+        self._cuda.launch_graph(self._graphs[key], self._stream)
         self._cuda.sync(self._stream)
         self._past, self._next = self._next, self._past
         self._parity ^= 1
@@ -160,10 +167,7 @@ class TrtBackend(Backend):
 
     def set_state(self, slot, state):
         for name in self.state_names:
-            value = np.asarray(state[name])
-            if value.shape != self._shapes[name]:
-                raise LinexportError(f"state {name}: expected shape {self._shapes[name]}, got {value.shape}")
-            self._past[name].write_row(slot, value)
+            self._past[name].write_row(slot, checked_state(state, name, self._shapes[name]))
 
     def copy_slot(self, src, dst):
         from linexport.runtime.backends.cuda import D2D
@@ -173,17 +177,9 @@ class TrtBackend(Backend):
             self._cuda.memcpy(pool.row_ptr(dst), pool.row_ptr(src), pool.row_bytes, D2D)
 
     def permute_slots(self, order: Sequence[int]):
-        from linexport.runtime.backends.cuda import D2D
-
-        order = list(order)
         for name in self.state_names:
-            src, dst = self._past[name], self._next[name]
-            for i, j in enumerate(order):
-                self._cuda.memcpy(dst.row_ptr(i), src.row_ptr(j), src.row_bytes, D2D)
-            rest = src.shape[0] - len(order)
-            if rest:
-                self._cuda.memcpy(dst.row_ptr(len(order)), src.row_ptr(len(order)), rest * src.row_bytes, D2D)
-            self._past[name], self._next[name] = dst, src
+            self._past[name].gather_rows_into(self._next[name], list(order))
+            self._past[name], self._next[name] = self._next[name], self._past[name]
         # The pools swapped names but not parity: graphs captured for this parity now bind the
         # wrong way round, so swap parity too.
         self._parity ^= 1

@@ -81,3 +81,25 @@ def test_load_checks_every_file_hash(exports, tmp_path):
     (out / "decode.onnx").unlink()
     with pytest.raises(LinexportError, match="decode.onnx .* is missing"):
         load_manifest(out)
+
+
+ENGINES = {"target": "rtx", "tensorrt_version": "1.7.1.116", "precision": "fp32", "strongly_typed": True,
+           "tf32": False, "profile": {"batch": [1, 1, 8], "seq": [1, 256, 4096]}, "attention": "traced",
+           "plugin_library": None, "graphs": {"prefill": {"file": "prefill.engine", "sha256": "a" * 64},
+                                              "decode": {"file": "decode.engine", "sha256": "b" * 64}}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target": "onnxruntime"}, "expected engines.target in"),
+    ({"precision": "fp16"}, "engines built at the graphs' precision 'fp32'"),
+    ({"profile": {"batch": [1, 8, 2], "seq": [1, 1, 1]}}, "expected engines.profile"),
+    ({"profile": {"batch": [1, 1, 8]}}, "expected engines.profile"),
+    ({"graphs": {"prefill": {"file": "prefill.engine", "sha256": "a" * 64}}}, "expected engines.graphs"),
+    ({"graphs": {"prefill": {"file": "/tmp/x.engine", "sha256": "a" * 64},
+                 "decode": {"file": "decode.engine", "sha256": "b" * 64}}}, "expected engines.graphs"),
+    ({"plugin_library": {"file": "../lib.so", "sha256": "c" * 64}}, "expected engines.plugin_library"),
+], ids=["target", "precision", "profile-order", "profile-no-seq", "one-graph", "absolute-engine", "plugin-path"])
+def test_engine_records_are_validated(manifest, change, message):
+    validate_manifest({**manifest, "engines": ENGINES})
+    with pytest.raises(LinexportError, match=message):
+        validate_manifest({**manifest, "engines": {**ENGINES, **change}})
