@@ -26,9 +26,9 @@ def main():
 
 
 def _register():
-    from linexport.cli import convert, demo, generate, onnx, sample, train, verify
+    from linexport.cli import bench, convert, demo, generate, onnx, sample, train, verify
 
-    for module in (demo, onnx, verify, generate, sample, train, convert):
+    for module in (demo, onnx, verify, generate, bench, sample, train, convert):
         main.add_command(module.command)
 
 
