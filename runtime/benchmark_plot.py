@@ -36,12 +36,24 @@ def plot_result(result: dict, path) -> Path:
     dec.set(title=f"decode latency (batch {s['batch']}, median of {s['steps']} steps)",
             xlabel="context (tokens already in the state)", ylabel="ms / token")
     tps.set(title=f"prefill throughput (batch {s['batch']})", xlabel="sequence length", ylabel="tokens / s")
-    mem.set(title="prefill peak host memory over the loaded session", xlabel="sequence length", ylabel="MiB")
-    for ax in (dec, tps, mem):
+    mem.set(title="prefill peak host memory (log-log: slope 1 = linear)", xlabel="sequence length",
+            ylabel="MiB over the loaded session")
+    for ax, sizes in ((dec, s["contexts"]), (tps, s["prefill_seqs"]), (mem, s["prefill_seqs"])):
         ax.set_xscale("log", base=2)
-        ax.set_ylim(bottom=0)
+        # Ticks at the measured sizes, written out: "4096" reads faster than "2^12".
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
+    # Latency and throughput from zero, so a small wobble does not look like a trend.
+    dec.set_ylim(bottom=0)
+    tps.set_ylim(bottom=0)
+    mem.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # "40", not "4 x 10^1"
+    mem.yaxis.set_major_formatter(plain)
+    mem.yaxis.set_minor_formatter(plain)
     cpu = result["machine"].get("cpu") or result["machine"].get("machine")
     fig.suptitle(f"linexport bench: {s['backend']} on {s['device']}, {cpu}, "
                  f"{result['machine'].get('cpus_usable', result['machine']['cpu_count'])} CPUs", fontsize=11)
