@@ -22,6 +22,7 @@ from linexport.runtime.benchmark import BenchSettings, parse_sizes, run_bench
 MAX_SEQ_LEN = 32  # the learned-position model's limit: longer contexts must be skipped, not crash
 CONTEXTS, STEPS, WARMUP = [4, 16, 40], 5, 2  # 16 + 7 steps fits in 32 positions, 40 does not
 SEQS = [16, 48]
+BATCH = 2  # rows: the other slot gets a copy of the prefilled state
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def bench_run(learned_export, runtime_exports, tmp_path_factory):
     flash = runtime_exports["flash"][0]
     args = ["bench", str(learned_export), str(flash), "--contexts", ",".join(map(str, CONTEXTS)),
             "--prefill-seqs", ",".join(map(str, SEQS)), "--steps", str(STEPS), "--warmup", str(WARMUP),
-            "--repeats", "2", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")]
+            "--batch", str(BATCH), "--repeats", "2", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result, json.loads((out / "bench.json").read_text()), out / "bench.png"
@@ -65,7 +66,7 @@ def test_json_holds_settings_machine_and_every_raw_number(bench_run):
         assert len(row["ms_samples"]) == STEPS and min(row["ms_samples"]) > 0
         assert row["ms_per_token"] == pytest.approx(np.median(row["ms_samples"]))
     for row in [r for e in (learned, flash) for r in e["prefill"] if r["status"] == "ok"]:
-        assert len(row["seconds"]) == 2 and row["tokens_per_s"] == pytest.approx(row["seq"] / np.median(row["seconds"]))
+        assert len(row["seconds"]) == 2 and row["tokens_per_s"] == pytest.approx(BATCH * row["seq"] / np.median(row["seconds"]))
         assert row["peak_bytes"] >= 0 and row["baseline_bytes"] > 0
 
 
@@ -102,12 +103,12 @@ def test_decode_latency_matches_an_independent_timing(bench_run, runtime_exports
     noise, and far from the 1000x of a unit slip or the 5x of timing all steps as one."""
     _, data, _ = bench_run
     reported = data["exports"][1]["decode"][1]["ms_per_token"]  # flash, context 16
-    model = Model(runtime_exports["flash"][0])
-    model.backend.prefill(np.arange(16)[None], np.array([16]), [0])
+    model = Model(runtime_exports["flash"][0], num_slots=BATCH)
+    model.backend.prefill(np.tile(np.arange(16), (BATCH, 1)), np.full(BATCH, 16), list(range(BATCH)))
     times = []
     for i in range(20):
         start = time.perf_counter()
-        model.backend.decode(np.array([65]), np.array([16 + i]))
+        model.backend.decode(np.full(BATCH, 65), np.full(BATCH, 16 + i))
         times.append(1e3 * (time.perf_counter() - start))
     mine = float(np.median(times[3:]))
     assert 1 / 3 < reported / mine < 3, (reported, mine)
@@ -116,16 +117,40 @@ def test_decode_latency_matches_an_independent_timing(bench_run, runtime_exports
 def test_prefill_throughput_matches_an_independent_timing(bench_run, runtime_exports):
     _, data, _ = bench_run
     reported = data["exports"][1]["prefill"][1]["tokens_per_s"]  # flash, 48 tokens
-    model = Model(runtime_exports["flash"][0])
-    ids = np.random.default_rng(0).integers(0, 256, (1, 48))
-    model.backend.prefill(ids, np.array([48]), [0])
+    model = Model(runtime_exports["flash"][0], num_slots=BATCH)
+    ids, lengths = np.random.default_rng(0).integers(0, 256, (BATCH, 48)), np.full(BATCH, 48)
+    model.backend.prefill(ids, lengths, [0, 1])
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        model.backend.prefill(ids, np.array([48]), [0])
+        model.backend.prefill(ids, lengths, [0, 1])
         times.append(time.perf_counter() - start)
-    mine = 48 / float(np.median(times))
+    mine = BATCH * 48 / float(np.median(times))
     assert 1 / 3 < reported / mine < 3, (reported, mine)
+
+
+def test_prefill_peak_memory_is_what_the_prefill_added(learned_export, monkeypatch):
+    """The child's peak-over-baseline, checked against a backend whose prefill touches a known
+    64 MiB (and frees it): a peak counted from process start (this process holds torch), or a
+    baseline taken after the first run (~0), would be off by far more than the 8 MiB allowed."""
+    from linexport.runtime import benchmark_prefill, model as model_module
+
+    size = 64 << 20
+
+    class TouchingBackend:
+        def prefill(self, ids, lengths, slots):
+            np.ones(size, np.uint8)  # pages written, so resident; freed on return
+
+    class FakeModel:
+        vocab_size = 256
+
+        def __init__(self, *args, **kwargs):
+            self.backend = TouchingBackend()
+
+    monkeypatch.setattr(model_module, "Model", FakeModel)
+    row = benchmark_prefill._child({"path": str(learned_export), "seq": 8, "batch": 1, "backend": "ort",
+                                    "device": "cpu", "repeats": 1})
+    assert abs(row["peak_bytes"] - size) < 8 << 20, row["peak_bytes"] / 2**20
 
 
 def test_graph_failures_become_skips_not_crashes(learned_export, monkeypatch):
