@@ -49,11 +49,12 @@ def plot_result(result: dict, path) -> Path:
     dec.set_ylim(bottom=0)
     tps.set_ylim(bottom=0)
     mem.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # "40", not "4 x 10^1"
-    mem.yaxis.set_major_formatter(plain)
-    mem.yaxis.set_minor_formatter(plain)
+    # Labels at 1-2-5 steps written plainly ("50", not "5 x 10^1"); a label on every minor tick crowds.
+    mem.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    mem.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    mem.yaxis.set_minor_formatter(NullFormatter())
     cpu = result["machine"].get("cpu") or result["machine"].get("machine")
     fig.suptitle(f"linexport bench: {s['backend']} on {s['device']}, {cpu}, "
                  f"{result['machine'].get('cpus_usable', result['machine']['cpu_count'])} CPUs", fontsize=11)
