@@ -111,10 +111,12 @@ def _decode_all(out, manifest, s: BenchSettings, done: Callable) -> list[dict]:
                                    f"max_seq_len={limit}"})
         else:
             try:
-                rows.append(measure_decode(model.backend, model.vocab_size, context, s.batch, s.steps, s.warmup))
+                rows.append(measure_decode(model.backend, model.vocab_size, context, s.batch, s.steps,
+                                           s.warmup))
             except Exception as e:  # noqa: BLE001 - ORT/TensorRT raise their own types (e.g. out of memory)
                 first = (str(e).strip().splitlines() or [""])[0]
-                rows.append({"context": context, "status": "skipped", "reason": f"{type(e).__name__}: {first}"})
+                rows.append({"context": context, "status": "skipped",
+                             "reason": f"{type(e).__name__}: {first}"})
         done(context)
     return rows
 
@@ -150,7 +152,8 @@ def machine_info() -> dict:
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if hasattr(os, "sched_getaffinity"):
         info["cpus_usable"] = len(os.sched_getaffinity(0))
-    for path, key, field in (("/proc/cpuinfo", "cpu", "model name"), ("/proc/meminfo", "memory_bytes", "MemTotal")):
+    for path, key, field in (("/proc/cpuinfo", "cpu", "model name"),
+                             ("/proc/meminfo", "memory_bytes", "MemTotal")):
         try:
             lines = Path(path).read_text().splitlines()
         except OSError:

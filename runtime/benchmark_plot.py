@@ -62,7 +62,8 @@ def plot_result(result: dict, path) -> Path:
     try:
         fig.savefig(path, dpi=110)
     except OSError as e:
-        raise LinexportError(f"--plot: cannot write {path}: {e.strerror}; expected a writable .png path") from None
+        raise LinexportError(f"--plot: cannot write {path}: {e.strerror}; expected a writable .png "
+                             "path") from None
     finally:
         plt.close(fig)
     return path

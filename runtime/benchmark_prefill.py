@@ -110,7 +110,8 @@ def main(argv: list[str]) -> int:
         result = _child(spec)
     except MemoryError:
         result = _skipped(spec["seq"], "out of memory")
-    except Exception as e:  # noqa: BLE001 - ORT/TensorRT raise their own types; the parent reports any as a skip
+    # ORT and TensorRT raise their own exception types; whatever failed, the parent reports a skip.
+    except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         result = _skipped(spec["seq"], f"{type(e).__name__}: {first}")
     print(json.dumps(result), flush=True)

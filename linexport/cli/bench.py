@@ -46,7 +46,8 @@ def command(outs, backend, device, batch, contexts, prefill_seqs, steps, warmup,
     context_sizes = parse_sizes(contexts, "--contexts")
     seqs = parse_sizes(prefill_seqs, "--prefill-seqs") if prefill_seqs else context_sizes
     settings = BenchSettings(backend=backend, device=device, batch=batch, contexts=context_sizes,
-                             prefill_seqs=seqs, steps=steps, warmup=warmup, repeats=repeats, timeout_s=timeout)
+                             prefill_seqs=seqs, steps=steps, warmup=warmup, repeats=repeats,
+                             timeout_s=timeout)
     total = len(outs) * (len(context_sizes) + len(seqs))
     with click.progressbar(length=total, label="bench", file=sys.stderr, show_pos=True,
                            item_show_func=lambda label: label) as bar:

@@ -20,9 +20,10 @@ from linexport.runtime import benchmark
 from linexport.runtime.benchmark import BenchSettings, parse_sizes, run_bench
 
 MAX_SEQ_LEN = 32  # the learned-position model's limit: longer contexts must be skipped, not crash
-CONTEXTS, STEPS, WARMUP = [4, 16, 40], 5, 2  # 16 + 7 steps fits in 32 positions, 40 does not
+CONTEXTS, STEPS, WARMUP = [4, 16, 40], 8, 2  # 16 + 10 steps fit in 32 positions, 40 does not
 SEQS = [16, 48]
 BATCH = 2  # rows: the other slot gets a copy of the prefilled state
+REPEATS = 5  # a median of a few runs: these 2 cores are shared, single runs jump
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def bench_run(learned_export, runtime_exports, tmp_path_factory):
     flash = runtime_exports["flash"][0]
     args = ["bench", str(learned_export), str(flash), "--contexts", ",".join(map(str, CONTEXTS)),
             "--prefill-seqs", ",".join(map(str, SEQS)), "--steps", str(STEPS), "--warmup", str(WARMUP),
-            "--batch", str(BATCH), "--repeats", "2", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")]
+            "--batch", str(BATCH), "--repeats", str(REPEATS),
+            "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return result, json.loads((out / "bench.json").read_text()), out / "bench.png"
@@ -57,7 +59,8 @@ def test_json_holds_settings_machine_and_every_raw_number(bench_run):
     assert data["machine"]["cpu_count"] >= 1 and data["versions"]["onnxruntime"]
     assert "resident" in data["definitions"]["prefill_memory"]
     learned, flash = data["exports"]
-    assert (learned["arch"], learned["name"], learned["position_limit"]) == ("linear", "linear-learned", MAX_SEQ_LEN)
+    assert (learned["arch"], learned["name"]) == ("linear", "linear-learned")
+    assert learned["position_limit"] == MAX_SEQ_LEN and flash["position_limit"] is None
     assert flash["arch"] == "flash" and flash["state_bytes_per_slot"] > 0
     for e in (learned, flash):
         assert [r["context"] for r in e["decode"]] == CONTEXTS
@@ -66,7 +69,8 @@ def test_json_holds_settings_machine_and_every_raw_number(bench_run):
         assert len(row["ms_samples"]) == STEPS and min(row["ms_samples"]) > 0
         assert row["ms_per_token"] == pytest.approx(np.median(row["ms_samples"]))
     for row in [r for e in (learned, flash) for r in e["prefill"] if r["status"] == "ok"]:
-        assert len(row["seconds"]) == 2 and row["tokens_per_s"] == pytest.approx(BATCH * row["seq"] / np.median(row["seconds"]))
+        assert len(row["seconds"]) == REPEATS
+        assert row["tokens_per_s"] == pytest.approx(BATCH * row["seq"] / np.median(row["seconds"]))
         assert row["peak_bytes"] >= 0 and row["baseline_bytes"] > 0
 
 
@@ -121,12 +125,13 @@ def test_prefill_throughput_matches_an_independent_timing(bench_run, runtime_exp
     ids, lengths = np.random.default_rng(0).integers(0, 256, (BATCH, 48)), np.full(BATCH, 48)
     model.backend.prefill(ids, lengths, [0, 1])
     times = []
-    for _ in range(5):
+    for _ in range(9):
         start = time.perf_counter()
         model.backend.prefill(ids, lengths, [0, 1])
         times.append(time.perf_counter() - start)
     mine = BATCH * 48 / float(np.median(times))
-    assert 1 / 3 < reported / mine < 3, (reported, mine)
+    # Looser than decode: a 48-token prefill takes a few ms, the same order as a scheduler hiccup.
+    assert 1 / 4 < reported / mine < 4, (reported, mine)
 
 
 def test_prefill_peak_memory_is_what_the_prefill_added(learned_export, monkeypatch):
