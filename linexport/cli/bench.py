@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
+from linexport.cli.common import backend_options, resolve_device
+
 _SIZES = "64,256,1024,4096,16384"
 
 
 @click.command("bench")
 @click.argument("outs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rows per decode step and per prefill call.")
 @click.option("--contexts", default=_SIZES, show_default=True,
@@ -45,7 +46,7 @@ def command(outs, backend, device, batch, contexts, prefill_seqs, steps, warmup,
         require_matplotlib()
     context_sizes = parse_sizes(contexts, "--contexts")
     seqs = parse_sizes(prefill_seqs, "--prefill-seqs") if prefill_seqs else context_sizes
-    settings = BenchSettings(backend=backend, device=device, batch=batch, contexts=context_sizes,
+    settings = BenchSettings(backend=backend, device=resolve_device(backend, device), batch=batch, contexts=context_sizes,
                              prefill_seqs=seqs, steps=steps, warmup=warmup, repeats=repeats,
                              timeout_s=timeout)
     total = len(outs) * (len(context_sizes) + len(seqs))

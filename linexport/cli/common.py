@@ -55,3 +55,15 @@ def print_checks(checks) -> bool:
         return False
     click.echo(f"all {len(checks)} checks passed")
     return True
+
+
+def backend_options(fn):
+    """--backend and --device, shared by the commands that run an export."""
+    fn = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                      help="Default: cuda for --backend trt, else cpu.")(fn)
+    return click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+                        help="ONNX Runtime, or the TensorRT engines `linexport trt` built.")(fn)
+
+
+def resolve_device(backend: str, device: str | None) -> str:
+    return device or ("cuda" if backend == "trt" else "cpu")

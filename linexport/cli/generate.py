@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from linexport.cli.common import backend_options, resolve_device
+
 
 @click.command("generate")
 @click.argument("out", type=click.Path(path_type=Path), default=Path("linexport-out"))
@@ -15,14 +17,13 @@ import click
 @click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0)
 @click.option("--repetition-penalty", type=click.FloatRange(min=0.0, min_open=True), default=1.0)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@backend_options
 def command(out, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
             backend, device):
     """Continue PROMPT with the model exported in OUT, streaming text as it is generated."""
     from linexport.runtime import Generator, Model, SamplingParams
 
-    model = Model(out, backend=backend, device=device)
+    model = Model(out, backend=backend, device=resolve_device(backend, device))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
     click.echo(prompt, nl=False)

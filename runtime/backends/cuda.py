@@ -27,6 +27,11 @@ class CudaRuntime:
             raise LinexportError(f"{what} failed: CUDA error {err} "
                                  f"({self.lib.cudaGetErrorString(err).decode()})")
 
+    def device_count(self) -> int:
+        """CUDA devices visible to this process (0 without a GPU or a driver that fits)."""
+        count = ctypes.c_int(0)
+        return count.value if self.lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+
     def malloc(self, nbytes: int) -> int:
         ptr = ctypes.c_void_p()
         self.check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cudaMalloc")

@@ -68,6 +68,9 @@ class TrtBackend(Backend):
         from linexport.runtime.backends.cuda import CudaRuntime, DeviceArray
 
         self._cuda = CudaRuntime()
+        if self._cuda.device_count() == 0:
+            raise LinexportError("the TensorRT backend needs a CUDA GPU, and none is visible to this "
+                                 "process (or its driver is older than the CUDA runtime): use --backend ort")
         if manifest.plugin_library is not None:
             from linexport.plugins import load_trt_plugins
 

@@ -22,14 +22,11 @@ PROFILE = dict(max_batch=4, opt_batch=2, max_seq=128, opt_seq=48)
 
 
 def gpu_count() -> int:
+    from linexport.runtime.backends.cuda import CudaRuntime
+
     try:
-        import ctypes
-
-        from linexport.runtime.backends.cuda import CudaRuntime
-
-        count = ctypes.c_int(0)
-        return count.value if CudaRuntime().lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
-    except (LinexportError, OSError):
+        return CudaRuntime().device_count()
+    except LinexportError:  # no CUDA runtime library at all
         return 0
 
 
@@ -57,6 +54,17 @@ def test_refuses_what_the_engines_cannot_serve(engines, runtime_exports):
         Model(path, backend="trt", device="cpu")
     with pytest.raises(LinexportError, match="no TensorRT engines are recorded.*linexport trt"):
         Model(runtime_exports["linear"][0], backend="trt", device="cuda")
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="a GPU is visible here")
+def test_without_a_gpu_the_cli_says_so(engines):
+    from click.testing import CliRunner
+
+    from linexport.cli import main
+
+    result = CliRunner().invoke(main, ["generate", str(engines["linear"]), "--backend", "trt", "--prompt", "x"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "needs a CUDA GPU" in result.output or "could not load the CUDA runtime" in result.output
 
 
 @needs_gpu
