@@ -24,8 +24,11 @@ class Check:
 
 
 def errors(got, ref) -> tuple[float, float]:
-    """(max |got - ref|, max |got - ref| / max |ref|), in float64."""
+    """(max |got - ref|, max |got - ref| / max |ref|), in float64; infinite when the shapes differ
+    (a KV cache of the wrong length must fail, not broadcast)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        return float("inf"), float("inf")
     diff = float(np.abs(got - ref).max()) if got.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     return diff, diff / max(scale, 1e-30)

@@ -24,8 +24,8 @@ from linexport.errors import LinexportError
 from linexport.export import attention_op, op_spec
 from linexport.export.graphs import trace_decode, trace_prefill
 from linexport.export.lowerings import apply_lowering, attention_nodes
-from linexport.export.manifest import (FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS,
-                                       STATE_DTYPE, io_entry, write_manifest)
+from linexport.export.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
+                                       format_version_for, io_entry, write_manifest)
 from linexport.files import file_sha256
 from linexport.models.base import CausalLM
 
@@ -114,15 +114,16 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
         log(f"checking and writing {name}.onnx")
         entries[name] = _save_graph(proto, tmp, name, threshold)
 
+    states = [{"name": s.name, "shape": list(s.shape), "dtype": STATE_DTYPE, "doc": s.doc}
+              for s in model.state_specs()]
     manifest = {
-        "format": FORMAT_TAG, "format_version": FORMAT_VERSION, "linexport_version": __version__,
+        "format": FORMAT_TAG, "format_version": format_version_for(states), "linexport_version": __version__,
         "arch": model.arch, "config": model.config_dict(), "vocab_size": int(model.config.vocab_size),
         "tokenizer": meta.get("tokenizer") or {"type": "bytes"},
         "precision": dtype, "opset": opset, "full_logits": full_logits,
         "lowering": {"option": lowering, "ops": attention_op.lowered_ops(model.arch, lowering)},
         "graphs": entries,
-        "states": [{"name": s.name, "shape": list(s.shape), "dtype": STATE_DTYPE, "doc": s.doc}
-                   for s in model.state_specs()],
+        "states": states,
         "source": source,
     }
     if attention_op.substitutable(model.arch):

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from linexport.export import attention_op
+from linexport.export.manifest import PRESENT_SEQ
 from linexport.export.opset import convert_opset
-from linexport.models.base import CausalLM
+from linexport.models.base import PAST_SEQ, CausalLM
 
 # torch.export needs example inputs; these sizes avoid the 0/1 specialisation of dynamic dims.
 _EXAMPLE_BATCH, _EXAMPLE_SEQ = 2, 5
@@ -76,15 +77,38 @@ def trace_prefill(model: CausalLM, opset: int, full_logits: bool) -> onnx.ModelP
 
 def trace_decode(model: CausalLM, opset: int) -> onnx.ModelProto:
     names = io_names(model)["decode"]
+    specs = model.state_specs()
     ids = torch.randint(0, model.config.vocab_size, (_EXAMPLE_BATCH, 1), generator=_example_rng())
+    # KV caches get _EXAMPLE_SEQ entries; the positions are one at the end of the cache and one
+    # inside it (a shorter history in a ragged batch).
     position = torch.tensor([_EXAMPLE_SEQ, _EXAMPLE_SEQ - 2])
     # A non-zero example state: a zeros example could let a tracer fold it away.
-    past = [s + 0.5 for s in model.initial_state(_EXAMPLE_BATCH).values()]
+    past = [torch.full(_example_shape(s.shape), 0.5, dtype=s.dtype) for s in specs]
     dyn = torch.export.Dim.DYNAMIC
-    dynamic = ({0: dyn}, {0: dyn}, tuple({0: dyn} for _ in past))  # *past is one entry
+    axes = [{i: dyn for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs]
+    dynamic = ({0: dyn}, {0: dyn}, tuple(axes))  # *past is one entry
     proto = _export(DecodeGraph(model), (ids, position, *past), names, dynamic, model.arch, opset)
-    _name_dims(proto, {(name, 0): "batch" for name in names["inputs"]})
+    dims = {(name, 0): "batch" for name in names["inputs"]}
+    dims.update({(f"past.{s.name}", i): PAST_SEQ for s in specs for i, d in enumerate(s.shape) if d == PAST_SEQ})
+    _name_dims(proto, dims)
+    _name_present_cache_dims(proto, specs)
     return proto
+
+
+def _example_shape(shape: tuple) -> tuple:
+    return tuple(_EXAMPLE_BATCH if d == "batch" else _EXAMPLE_SEQ if d == PAST_SEQ else d for d in shape)
+
+
+def _name_present_cache_dims(proto: onnx.ModelProto, specs):
+    """A decode graph's present KV cache is one longer than its past: the exporter writes that
+    dim as its own expression of the past symbol; the contract (export/manifest.py) names it."""
+    outputs = {v.name: v for v in proto.graph.output}
+    for spec in specs:
+        for axis, d in enumerate(spec.shape):
+            if d == PAST_SEQ:
+                dim = outputs[f"present.{spec.name}"].type.tensor_type.shape.dim[axis]
+                assert dim.HasField("dim_param"), (spec.name, dim)
+                dim.dim_param = PRESENT_SEQ
 
 
 def _example_rng() -> torch.Generator:

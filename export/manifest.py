@@ -27,6 +27,24 @@ Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout
                  "graphs": {"prefill": {"file": "prefill.engine", "sha256": "..."}, "decode": {...}}}}
 
 Graph IO for each state: ``past.{name}`` in (decode) and ``present.{name}`` out (both graphs).
+
+KV-cache states (format 2). A state's shape may name, once, the dynamic dim ``"past_seq"``
+instead of an int: the number of cached tokens (the softmax baseline's
+``{"name": "0.key", "shape": ["batch", 4, "past_seq", 64]}``). Its graph IO is then:
+
+- prefill ``present.{name}``: ``past_seq`` reads ``"seq"`` — one entry per input position;
+  entries at padded positions (>= lengths[b]) are zeros and never attended to.
+- decode ``past.{name}``: ``"past_seq"`` (any length L >= 0; L = 0 is the initial state).
+- decode ``present.{name}``: ``"past_seq+1"`` — exactly one longer than ``past``: the entries
+  of ``past`` at their indices, the new token's entry at index ``position[b]``, and whatever
+  ``past`` held at indices > ``position[b]`` (padding). Row b's real entries are indices
+  ``< position[b]`` in ``past`` and ``<= position[b]`` in ``present``, so ``position[b] <= L``
+  is required, and ``present`` can be fed back as the next step's ``past`` unchanged. Rows of a
+  batch share L; shorter histories are padding that the graph masks out by ``position``.
+
+A manifest with such a state has ``format_version`` 2, so that a linexport which reads only
+format 1 refuses it with "upgrade linexport" rather than misreading it; fixed-size exports are
+still written, and validated, as format 1.
 """
 
 from __future__ import annotations
@@ -39,7 +57,8 @@ from linexport.files import atomic_write, file_sha256
 
 MANIFEST_NAME = "linexport.json"
 FORMAT_TAG = "linexport.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this linexport reads; see format_version_for
+PAST_SEQ = "past_seq"  # the cache-length dim of a KV-cache state (format 2); = models.base.PAST_SEQ
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # --dtype -> activation dtype
 STATE_DTYPE = "float32"
 GRAPHS = ("prefill", "decode")
@@ -80,7 +99,7 @@ def engine_files(data: dict) -> list[dict]:
 
 
 def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
-    """Raises LinexportError naming the first field that does not follow format 1."""
+    """Raises LinexportError naming the first field that does not follow the format (1 or 2)."""
     def fail(message):
         raise LinexportError(f"{where}: {message}; re-export with `linexport onnx`")
 
@@ -104,22 +123,29 @@ def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
     for s in states:
         if not (isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("shape"), list)
                 and s.get("shape")[:1] == ["batch"] and s.get("dtype") == STATE_DTYPE
-                and all(isinstance(d, int) and d >= 1 for d in s["shape"][1:])):
-            fail(f"expected each state as {{name, shape ['batch', ints...], dtype {STATE_DTYPE!r}}}, "
-                 f"got {s!r}")
+                and all((isinstance(d, int) and d >= 1) or d == PAST_SEQ
+                        for d in s["shape"][1:])
+                and s["shape"].count(PAST_SEQ) <= 1):
+            fail(f"expected each state as {{name, shape ['batch', ints... (one of them may be "
+                 f"{PAST_SEQ!r})], dtype {STATE_DTYPE!r}}}, got {s!r}")
+        if PAST_SEQ in s["shape"] and version < 2:
+            fail(f"expected format_version 2 for the KV-cache state {s['name']!r} (shape {s['shape']}), "
+                 f"got {version}")
     names = [s["name"] for s in states]
     if len(set(names)) != len(names):
         fail(f"expected unique state names, got {names}")
 
     act = PRECISIONS[data["precision"]]
     logits_prefill = ["batch", "seq", data["vocab_size"]] if data["full_logits"] else ["batch", data["vocab_size"]]
-    present = [_io(f"present.{s['name']}", s["shape"], STATE_DTYPE) for s in states]
     expected = {
         "prefill": ([_io("input_ids", ["batch", "seq"], "int64"), _io("lengths", ["batch"], "int64")],
-                    [_io("logits", logits_prefill, act), *present]),
+                    [_io("logits", logits_prefill, act),
+                     *(_io(f"present.{s['name']}", _cache_dim(s["shape"], "seq"), STATE_DTYPE) for s in states)]),
         "decode": ([_io("input_ids", ["batch", 1], "int64"), _io("position", ["batch"], "int64"),
                     *(_io(f"past.{s['name']}", s["shape"], STATE_DTYPE) for s in states)],
-                   [_io("logits", ["batch", data["vocab_size"]], act), *present]),
+                   [_io("logits", ["batch", data["vocab_size"]], act),
+                    *(_io(f"present.{s['name']}", _cache_dim(s["shape"], PRESENT_SEQ), STATE_DTYPE)
+                      for s in states)]),
     }
     for name in GRAPHS:
         graph = data["graphs"].get(name)
@@ -165,6 +191,21 @@ def _validate_engines(engines, precision: str, fail):
     plugin = engines.get("plugin_library")
     if plugin is not None and not file_entry(plugin):
         fail(f"expected engines.plugin_library as null or {{file, sha256}}, got {plugin!r}")
+
+
+PRESENT_SEQ = f"{PAST_SEQ}+1"  # the decode graph's present.* cache length
+
+
+def format_version_for(states: list) -> int:
+    """The format a manifest with these state entries is written as: 1 unless a state is a KV
+    cache (then 2), so fixed-size exports stay readable by every format-1 linexport."""
+    return 2 if any(PAST_SEQ in s.get("shape", []) for s in states if isinstance(s, dict)) else 1
+
+
+def _cache_dim(shape: list, name: str) -> list:
+    """``shape`` with its ``past_seq`` dim (if any) renamed to ``name``."""
+    return [name if d == PAST_SEQ else d for d in shape]
+
 
 def write_manifest(data: dict, root) -> Path:
     """Validates ``data`` and writes it as ``root/linexport.json`` (root is a fresh temp dir)."""

@@ -6,7 +6,9 @@ For a ragged batch of random prompts and one of real text prompts it compares
 - ``steps`` decode steps (the same greedy tokens fed to both; logits and states),
 - ONNX Runtime's prefill(T) + k decode steps against its own prefill(T + k),
 
-each as max abs and max relative error (``max|a - b| / max|b|``). Tolerances are dtype-aware:
+each as max abs and max relative error (``max|a - b| / max|b|``). KV caches (the softmax
+baseline) are compared whole, padding included: it is zeros in both (export/manifest.py), and a
+cache of the wrong length fails. Tolerances are dtype-aware:
 fp32 graphs must match the fp32 model to ``FP32_REL_TOL``; fp16 graphs may be at most twice as
 far from the fp32 model as PyTorch's own fp16 model is on the same inputs.
 """

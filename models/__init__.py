@@ -12,6 +12,7 @@ from linexport.models.base import CausalLM, StateSpec
 _ARCH_CLASSES = {
     "linear": ("linexport.models.linear", "LinearLM"),
     "flash": ("linexport.models.flash", "FlashLM"),
+    "softmax": ("linexport.models.softmax", "SoftmaxLM"),
 }
 ARCH_NAMES = tuple(_ARCH_CLASSES)
 

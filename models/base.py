@@ -3,6 +3,9 @@
 The state of a model is a flat ordered dict ``{"{layer}.{name}": tensor}``; export turns each
 entry into the graph inputs ``past.{layer}.{name}`` and outputs ``present.{layer}.{name}``.
 State tensors are fp32 whatever the activation dtype (sums grow with T and overflow fp16).
+
+Most states are fixed-size. A KV cache (the softmax baseline) has one dynamic dim, named
+``PAST_SEQ``: the number of cached tokens. It starts at 0 and a decode step returns it one longer.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from torch import nn
 from linexport.errors import LinexportError
 
 
+PAST_SEQ = "past_seq"  # the cache-length dim of a KV-cache state
+
+
 @dataclass(frozen=True)
 class StateSpec:
-    """One recurrent state tensor. ``shape`` starts with the batch dim, given as the string "batch"."""
+    """One recurrent state tensor. ``shape`` starts with the batch dim, given as the string "batch";
+    the other dims are ints, except that a KV cache has one dim given as ``PAST_SEQ``."""
 
-    name: str  # "{layer}.{name}", e.g. "0.kv"
-    shape: tuple  # ("batch", 4, 64, 65)
+    name: str  # "{layer}.{name}", e.g. "0.kv" or "0.key"
+    shape: tuple  # ("batch", 4, 64, 65) or ("batch", 4, "past_seq", 64)
     dtype: torch.dtype = torch.float32
     doc: str = ""
 
@@ -52,10 +59,11 @@ class CausalLM(nn.Module):
         raise NotImplementedError
 
     def initial_state(self, batch_size: int, device=None) -> dict[str, torch.Tensor]:
-        """The state before any token: zeros, fp32, shapes from ``state_specs``."""
+        """The state before any token: zeros, fp32, shapes from ``state_specs`` (a KV cache holds
+        no entries yet: its ``PAST_SEQ`` dim is 0)."""
         state = {}
         for spec in self.state_specs():
-            shape = tuple(batch_size if d == "batch" else d for d in spec.shape)
+            shape = tuple(batch_size if d == "batch" else 0 if d == PAST_SEQ else d for d in spec.shape)
             state[spec.name] = torch.zeros(shape, dtype=spec.dtype, device=device)
         return state
 

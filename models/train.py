@@ -25,6 +25,8 @@ DEMO_CONFIGS = {
                    chunk_size=64),
     "flash": dict(vocab_size=256, d_model=128, n_layers=6, qk_dim=64, expansion=2.0, chunk_size=64,
                   rotary_dim=32),
+    # The baseline: the linear demo's sizes, parameter for parameter, with softmax attention.
+    "softmax": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512),
 }
 
 

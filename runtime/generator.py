@@ -8,6 +8,8 @@
 
 Because the state is fixed-size, operations a KV-cache runtime must pay O(context) for are
 O(state) here: ``snapshot``/``restore``/``fork`` copy one slot, beam search reorders slots.
+The softmax baseline runs through the same loop; its slots are KV caches, so there these
+operations (and keeping bystander rows in ``_decode``) do cost O(context).
 """
 
 from __future__ import annotations

@@ -29,30 +29,35 @@ def _import_ort():
     return ort
 
 
+def open_sessions(prefill_path: Path, decode_path: Path, num_slots: int, device: str, threads: int):
+    """The (prefill, decode) ONNX Runtime sessions of an export, after checking the options."""
+    ort = _import_ort()
+    if num_slots < 1:
+        raise LinexportError(f"expected at least one state slot, got {num_slots}")
+    if device not in ("cpu", "cuda"):
+        raise LinexportError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise LinexportError(
+            "device 'cuda' needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime "
+            f"offers {available}: pip uninstall onnxruntime && pip install onnxruntime-gpu")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return (ort.InferenceSession(str(prefill_path), opts, providers=providers),
+                ort.InferenceSession(str(decode_path), opts, providers=providers))
+    except Exception as e:  # onnxruntime raises its own exception types per failure kind
+        raise LinexportError(f"ONNX Runtime could not load the graphs: {str(e).splitlines()[0]}") from None
+
+
 class OrtBackend(Backend):
     def __init__(self, prefill_path: Path, decode_path: Path, num_slots: int, device: str = "cpu",
                  threads: int = 0):
-        ort = _import_ort()
-        if num_slots < 1:
-            raise LinexportError(f"expected at least one state slot, got {num_slots}")
-        if device not in ("cpu", "cuda"):
-            raise LinexportError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
-        available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise LinexportError(
-                "device 'cuda' needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime "
-                f"offers {available}: pip uninstall onnxruntime && pip install onnxruntime-gpu")
+        self._prefill, self._decode = open_sessions(prefill_path, decode_path, num_slots, device, threads)
         self.device = device
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self._prefill = ort.InferenceSession(str(prefill_path), opts, providers=providers)
-            self._decode = ort.InferenceSession(str(decode_path), opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types per failure kind
-            raise LinexportError(f"ONNX Runtime could not load the graphs: {str(e).splitlines()[0]}") from None
 
         outputs = {o.name: o for o in self._decode.get_outputs()}
         self.state_names = [n[len("present."):] for n in outputs if n.startswith("present.")]
@@ -65,7 +70,8 @@ class OrtBackend(Backend):
             shape = tuple(info.shape[1:])
             if not all(isinstance(d, int) for d in shape):
                 raise LinexportError(f"state present.{name} has non-static dims {info.shape}: expected "
-                                     "only the batch dim to be dynamic. Re-export the model.")
+                                     "only the batch dim to be dynamic. A KV-cache export runs on "
+                                     "OrtKvCacheBackend (linexport.runtime.Model picks it from the manifest).")
             self._state_meta[name] = (shape, _NP_TYPES[info.type])
 
         self._io = _CudaBuffers() if device == "cuda" else _HostBuffers()

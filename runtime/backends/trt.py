@@ -57,6 +57,9 @@ class TrtBackend(Backend):
         if device != "cuda":
             raise LinexportError(f"the TensorRT backend runs on 'cuda' only, got device {device!r}")
         engines = manifest.engines
+        if any(not isinstance(d, int) for s in manifest.states for d in s.shape[1:]):
+            raise LinexportError(f"{manifest.root} is a KV-cache export ({manifest.arch}); the TensorRT "
+                                 "backend runs fixed-size-state exports: use --backend ort for it")
         if manifest.data["full_logits"]:
             raise LinexportError(f"{manifest.root} was exported with --full-logits; the runtime decodes "
                                  "from last-token logits: re-export without it, then `linexport trt`")

@@ -1,5 +1,6 @@
 """The CLI's foundation commands end to end (export/runtime commands are tested beside their code)."""
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -36,13 +37,22 @@ def test_sample_streams_the_same_text_as_the_reference_sampler():
     assert result.output == "import " + bytes(ids).decode("utf-8", errors="replace") + "\n"
 
 
-def test_train_writes_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("arch", ["flash", "softmax"])
+def test_train_writes_a_loadable_checkpoint(tmp_path, arch):
     out = tmp_path / "tiny.pt"
-    result = CliRunner().invoke(main, ["train", "--arch", "flash", "-o", str(out), "--steps", "2",
+    result = CliRunner().invoke(main, ["train", "--arch", arch, "-o", str(out), "--steps", "2",
                                        "--batch-size", "2", "--seq-len", "16"])
     assert result.exit_code == 0, result.output
     model, meta = load_checkpoint(out)
-    assert meta["arch"] == "flash" and meta["extra"]["training"]["steps"] == 2
+    assert meta["arch"] == arch and meta["extra"]["training"]["steps"] == 2
+
+
+def test_softmax_demo_config_matches_the_linear_parameter_for_parameter():
+    from linexport.models import build_model
+    from linexport.models.train import DEMO_CONFIGS
+
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(build_model("softmax", DEMO_CONFIGS["softmax"])) == shapes(build_model("linear", DEMO_CONFIGS["linear"]))
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

@@ -20,7 +20,7 @@ LOWERINGS = ("function", "plugin", "standard")
 DTYPES = ("fp32", "fp16")
 
 
-ARCHS = ("linear", "flash")
+ARCHS = ("linear", "flash", "softmax")
 
 
 def make_model(arch: str):
@@ -32,6 +32,11 @@ def make_model(arch: str):
 
         model = LinearLM(LinearConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
                                       d_ff=56, chunk_size=PREFILL_CHUNK))
+    elif arch == "softmax":  # the linear model's sizes: the baseline has the same parameters
+        from linexport.models.softmax import SoftmaxConfig, SoftmaxLM
+
+        model = SoftmaxLM(SoftmaxConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
+                                        d_ff=56))
     else:
         from linexport.models.flash import FlashConfig, FlashLM
 

@@ -67,6 +67,14 @@ def test_verify_passes_on_a_plugin_lowered_fp16_export(arch, exports):
     assert "passed" in result.output
 
 
+def test_verify_fails_on_a_cache_of_the_wrong_length():
+    from linexport.export.verify import errors
+
+    ref = np.ones((2, 3, 5, 4))
+    assert errors(ref[:, :, :1], ref) == (float("inf"), float("inf"))  # would broadcast to 0
+    assert errors(ref, ref) == (0.0, 0.0)
+
+
 def test_verify_fails_when_the_graphs_disagree(exports, monkeypatch):
     prefill = OrtGraphs.prefill
 

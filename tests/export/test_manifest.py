@@ -41,7 +41,7 @@ def _mutations():
 
     return {
         "wrong format": (set_(["format"], "onnx"), "expected a linexport export manifest"),
-        "newer version": (set_(["format_version"], 2), "manifest format version 2"),
+        "newer version": (set_(["format_version"], 3), "manifest format version 3"),
         "missing field": (lambda m: m.pop("states"), "expected field 'states'"),
         "bool as int": (set_(["vocab_size"], True), "expected field 'vocab_size' to be a int"),
         "bad precision": (set_(["precision"], "int8"), "expected precision in"),
@@ -103,3 +103,53 @@ def test_engine_records_are_validated(manifest, change, message):
     validate_manifest({**manifest, "engines": ENGINES})
     with pytest.raises(LinexportError, match=message):
         validate_manifest({**manifest, "engines": {**ENGINES, **change}})
+
+
+# -- KV caches (format 2) ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kv_manifest(exports):
+    return json.loads((exports.dir("softmax", "fp32") / MANIFEST_NAME).read_text())
+
+
+def test_a_kv_cache_manifest_validates(kv_manifest):
+    validate_manifest(kv_manifest)
+    assert kv_manifest["format_version"] == 2
+    assert kv_manifest["states"][0]["shape"] == ["batch", 3, "past_seq", 15]
+    io = {g: {e["name"]: e["shape"] for e in kv_manifest["graphs"][g][k]}
+          for g, k in (("prefill", "outputs"), ("decode", "inputs"))}
+    assert io["prefill"]["present.0.key"] == ["batch", 3, "seq", 15]
+    assert io["decode"]["past.0.key"] == ["batch", 3, "past_seq", 15]
+    decode_out = {e["name"]: e["shape"] for e in kv_manifest["graphs"]["decode"]["outputs"]}
+    assert decode_out["present.0.key"] == ["batch", 3, "past_seq+1", 15]
+
+
+def _kv_mutations():
+    def state_shape(shape):
+        def apply(m):
+            m["states"][0]["shape"] = shape
+        return apply
+
+    def decode_present(shape):
+        def apply(m):
+            m["graphs"]["decode"]["outputs"][1]["shape"] = shape
+        return apply
+
+    return {
+        # A format-1 reader would misread a cache as a fixed state: it must say "upgrade" instead.
+        "cache in format 1": (lambda m: m.update(format_version=1), "expected format_version 2"),
+        "two cache dims": (state_shape(["batch", "past_seq", "past_seq", 15]), "expected each state"),
+        "other dim name": (state_shape(["batch", 3, "kv_len", 15]), "expected each state"),
+        "present as long as past": (decode_present(["batch", 3, "past_seq", 15]),
+                                    "the decode graph's IO does not match"),
+        "prefill cache not seq": (lambda m: m["graphs"]["prefill"]["outputs"][1].update(
+            shape=["batch", 3, "past_seq", 15]), "the prefill graph's IO does not match"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_kv_mutations()))
+def test_invalid_kv_cache_manifests_are_refused(kv_manifest, case):
+    mutate, message = _kv_mutations()[case]
+    bad = copy.deepcopy(kv_manifest)
+    mutate(bad)
+    with pytest.raises(LinexportError, match=message):
+        validate_manifest(bad)
