@@ -61,7 +61,8 @@ def test_rtx_builds_and_records_engines(arch, precision, fp32_exports, tmp_path)
     assert manifest == report.manifest and manifest["precision"] == precision
     engines = manifest["engines"]
     assert engines["target"] == "rtx" and engines["precision"] == precision and engines["strongly_typed"]
-    assert engines["profile"] == {"batch": [1, 2, 3], "seq": [1, 40, 96]}
+    kv_cache = {"past_seq": [0, 40, 96]} if arch == "softmax" else {}  # the decode graph's cache length
+    assert engines["profile"] == {"batch": [1, 2, 3], "seq": [1, 40, 96], **kv_cache}
     assert engines["attention"] == ("inlined function body" if arch == "linear" else "traced")
     assert engines["plugin_library"] is None
     for name, file in ENGINE_FILES.items():
