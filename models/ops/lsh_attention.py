@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from linexport.models.ops.softmax_attention import append_entry
+
 
 def lsh_buckets(k_hat, rotations):
     """k_hat [B, H, T, D], rotations [H, R, D, n_buckets / 2] -> buckets [B, H, R, T] int64."""
@@ -97,10 +99,8 @@ def step_lsh_attention(q, k_hat, v, past_key, past_value, position, rotations, n
     index position[b])."""
     B, H, L, D = past_key.shape
     index = torch.arange(L + 1, device=q.device)
-    here = (index[None, :] == position[:, None])[:, None, :, None]  # [B, 1, L+1, 1]
-    pad = past_key.new_zeros(B, H, 1, D)
-    key = torch.where(here, k_hat.float()[:, :, None, :], torch.cat([past_key, pad], dim=2))
-    value = torch.where(here, v.float()[:, :, None, :], torch.cat([past_value, pad], dim=2))
+    here = (index[None, :] == position[:, None])[:, None, :]  # [B, 1, L+1]
+    key, value = append_entry(past_key, k_hat, position), append_entry(past_value, v, position)
 
     earlier = (index[None, :] < position[:, None])[:, None, None, :]  # [B, 1, 1, L+1]
     buckets = lsh_buckets(key, rotations)  # [B, H, R, L+1]
@@ -111,7 +111,7 @@ def step_lsh_attention(q, k_hat, v, past_key, past_value, position, rotations, n
     member = in_bucket & (rank_j >= window_start(rank_i, chunk))
     union = member.any(dim=2)  # [B, H, L+1]
     alone = ~union.any(-1, keepdim=True)  # no other target: attend to itself
-    visible = union | (alone & here[:, :, :, 0])
+    visible = union | (alone & here)
     scores = torch.einsum("bhd,bhld->bhl", q.float(), key) * D ** -0.5
     weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
     o = torch.einsum("bhl,bhld->bhd", weights, value)
