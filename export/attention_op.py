@@ -96,7 +96,8 @@ _SUBSTITUTIONS = {
 
 
 # arch -> its attention ops exported as the traced PyTorch body (no custom node yet)
-_TRACED = {"flash": ("mixed_chunk_attention",), "softmax": ("softmax_attention",)}
+_TRACED = {"flash": ("mixed_chunk_attention",), "softmax": ("softmax_attention",),
+           "reformer": ("lsh_attention",)}
 
 
 def lowered_ops(arch: str, lowering: str) -> dict:

@@ -13,6 +13,7 @@ _ARCH_CLASSES = {
     "linear": ("linexport.models.linear", "LinearLM"),
     "flash": ("linexport.models.flash", "FlashLM"),
     "softmax": ("linexport.models.softmax", "SoftmaxLM"),
+    "reformer": ("linexport.models.reformer", "ReformerLM"),
 }
 ARCH_NAMES = tuple(_ARCH_CLASSES)
 

@@ -27,6 +27,8 @@ DEMO_CONFIGS = {
                   rotary_dim=32),
     # The baseline: the linear demo's sizes, parameter for parameter, with softmax attention.
     "softmax": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512),
+    "reformer": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512, n_hashes=2,
+                     n_buckets=8, bucket_size=32),
 }
 
 

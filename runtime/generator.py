@@ -205,18 +205,25 @@ class Generator:
         """Streams the text of one sequence as it is generated (alone or beside others)."""
         seq = self.add(prompt, params)
         decode = self.model.tokenizer.stream_decoder()
-        while True:
-            if seq.done and len(seq.generated) == 0:
-                return
+        emitted = []
+        while not (seq.done and len(seq.generated) == 0):
             for s, token in self.step():
                 if s is seq:
                     piece = decode(token)
                     if piece:
+                        emitted.append(piece)
                         if callback:
                             callback(piece)
                         yield piece
             if seq.done:
-                return
+                break
+        # The stream decoder holds back an incomplete character; at the end it is what the
+        # whole-text decode makes of it (e.g. U+FFFD), so the stream equals decode(generated).
+        whole, text = self.model.tokenizer.decode(seq.generated), "".join(emitted)
+        if len(whole) > len(text) and whole.startswith(text):
+            if callback:
+                callback(whole[len(text):])
+            yield whole[len(text):]
 
     def beam_search(self, prompt, num_beams: int, max_new_tokens: int,
                     length_penalty: float = 1.0) -> list[tuple[list[int], float]]:

@@ -23,17 +23,25 @@ def causal_softmax_attention(q, k, v):
     return o.to(v.dtype)
 
 
+def append_entry(past, new, position):
+    """past [B, H, L, D] fp32, new [B, H, D], position [B] -> [B, H, L + 1, D] fp32: past with
+    a zero entry appended, then ``new`` written at index position[b] of row b."""
+    B, H, L, D = past.shape
+    # One scatter (ScatterElements: a single copy) writes the entry; a broadcast Where over the
+    # cache took ~3x as long in ONNX Runtime 1.32 on CPU (8192 cached tokens, d 256).
+    at = position[:, None, None, None].expand(B, H, 1, D)
+    grown = torch.cat([past, past.new_zeros(B, H, 1, D)], dim=2)
+    return grown.scatter(2, at, new.float()[:, :, None, :])
+
+
 def step_softmax_attention(q, k, v, past_key, past_value, position):
     """One token: q, k, v [B, H, D]; past_key/past_value [B, H, L, D] fp32; position [B] int64
     (0 <= position <= L). Returns (o [B, H, D] in v's dtype, key, value [B, H, L + 1, D] fp32)."""
     B, H, L, D = past_key.shape
     index = torch.arange(L + 1, device=q.device)
-    here = (index[None, :] == position[:, None])[:, None, :, None]  # [B, 1, L+1, 1]
-    pad = past_key.new_zeros(B, H, 1, D)
-    key = torch.where(here, k.float()[:, :, None, :], torch.cat([past_key, pad], dim=2))
-    value = torch.where(here, v.float()[:, :, None, :], torch.cat([past_value, pad], dim=2))
-    scores = torch.einsum("bhd,bhld->bhl", q.float(), key) * D ** -0.5  # [B, H, L+1]
+    key, value = append_entry(past_key, k, position), append_entry(past_value, v, position)
+    scores = (key @ q.float()[..., None])[..., 0] * D ** -0.5  # [B, H, L+1]
     visible = (index[None, :] <= position[:, None])[:, None, :]  # [B, 1, L+1]
     weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
-    o = torch.einsum("bhl,bhld->bhd", weights, value)
+    o = (weights[:, :, None, :] @ value)[:, :, 0]
     return o.to(v.dtype), key, value

@@ -37,7 +37,7 @@ def test_sample_streams_the_same_text_as_the_reference_sampler():
     assert result.output == "import " + bytes(ids).decode("utf-8", errors="replace") + "\n"
 
 
-@pytest.mark.parametrize("arch", ["flash", "softmax"])
+@pytest.mark.parametrize("arch", ["flash", "softmax", "reformer"])  # reformer: the reversible backward
 def test_train_writes_a_loadable_checkpoint(tmp_path, arch):
     out = tmp_path / "tiny.pt"
     result = CliRunner().invoke(main, ["train", "--arch", arch, "-o", str(out), "--steps", "2",

@@ -20,7 +20,8 @@ LOWERINGS = ("function", "plugin", "standard")
 DTYPES = ("fp32", "fp16")
 
 
-ARCHS = ("linear", "flash", "softmax")
+ARCHS = ("linear", "flash", "softmax", "reformer")
+KV_CACHE_ARCHS = ("softmax", "reformer")  # the baselines: their state is a growing KV cache
 
 
 def make_model(arch: str):
@@ -37,6 +38,11 @@ def make_model(arch: str):
 
         model = SoftmaxLM(SoftmaxConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
                                         d_ff=56))
+    elif arch == "reformer":  # small buckets and chunks: at T = 37 most keys fall outside a window
+        from linexport.models.reformer import ReformerConfig, ReformerLM
+
+        model = ReformerLM(ReformerConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
+                                          d_ff=56, n_hashes=2, n_buckets=4, bucket_size=4))
     else:
         from linexport.models.flash import FlashConfig, FlashLM
 

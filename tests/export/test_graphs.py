@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from linexport.export import op_spec
 from linexport.export.lowerings import attention_nodes
 from linexport.export.manifest import load_manifest
-from tests.export.conftest import ARCHS, LOWERINGS, make_model
+from tests.export.conftest import ARCHS, KV_CACHE_ARCHS, LOWERINGS, make_model
 
 _TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
@@ -56,13 +56,13 @@ def test_io_follows_the_contract(arch, dtype, exports):
     if arch == "linear":  # the fixture exports use the plugin lowering: one bare node per layer
         assert manifest["lowering"]["ops"] == {"causal_linear_attention": "plugin"}
         assert len(attention_nodes(prefill)) == len(attention_nodes(decode)) == model.config.n_layers
-    else:  # no custom node for the mixed-chunk or softmax attention: their PyTorch body is traced
-        op = {"flash": "mixed_chunk_attention", "softmax": "softmax_attention"}[arch]
+    else:  # no custom node for the other attentions: their PyTorch body is traced
+        op = {"flash": "mixed_chunk_attention", "softmax": "softmax_attention", "reformer": "lsh_attention"}[arch]
         assert manifest["lowering"] == {"option": "plugin", "ops": {op: "traced"}}
         assert not attention_nodes(prefill) and not attention_nodes(decode)
     assert [s["name"] for s in manifest["states"]] == [n for n, _ in states]
     # Only a KV cache makes a format-2 manifest: fixed-size exports stay readable by format-1 readers.
-    assert manifest["format_version"] == (2 if arch == "softmax" else 1)
+    assert manifest["format_version"] == (2 if arch in KV_CACHE_ARCHS else 1)
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
