@@ -17,12 +17,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from linexport.models.base import CausalLM, StateSpec, check_input_ids, length_mask
+from linexport.models.base import StateSpec
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, apply_rotary, rotary_angles
+from linexport.models.layers import MLP, RMSNorm, apply_rotary
 from linexport.models.ops.linear_attention import (chunk_causal_linear_attention,
                                                    step_causal_linear_attention)
 from linexport.models.ops.naive import feature_map
+from linexport.models.token_lm import TokenLM
 
 
 @dataclass
@@ -102,21 +103,12 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), state
 
 
-class LinearLM(CausalLM):
+class LinearLM(TokenLM):
     arch = "linear"
     config_class = LinearConfig
 
     def __init__(self, config: LinearConfig):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        if config.pos_emb == "learned":
-            self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-        self.apply(_init_weights)
+        super().__init__(config, [Block(config) for _ in range(config.n_layers)])
 
     def state_specs(self):
         c = self.config
@@ -124,53 +116,17 @@ class LinearLM(CausalLM):
                           "numerator S = Σ φ(k) vᵀ with normaliser z = Σ φ(k) as last column")
                 for i in range(c.n_layers)]
 
-    def _positions(self, positions):
-        """positions [B, T] -> (additive embedding or None, cos, sin or None, None)."""
-        c = self.config
-        if c.pos_emb == "learned":
-            return self.pos_embed(positions), None, None
-        cos, sin = rotary_angles(positions, c.head_dim, c.rotary_base)
-        return None, cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, D/2]
-
     def forward(self, input_ids, lengths=None, return_state=False):
-        c = self.config
-        check_input_ids(input_ids, lengths, c.vocab_size)
-        B, T = input_ids.shape
-        _check_positions(c, T)
-        positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
-        mask = length_mask(lengths, B, T, input_ids.device)
-        x = self.embed(input_ids)
-        pos, cos, sin = self._positions(positions)
-        if pos is not None:
-            x = x + pos
+        x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)
         states = {}
         for i, block in enumerate(self.blocks):
             x, states[f"{i}.kv"] = block(x, mask, cos, sin)
-        logits = self.lm_head(self.norm(x))
+        logits = self.logits(x)
         return (logits, states) if return_state else logits
 
     def step(self, input_ids, position, state):
-        c = self.config
-        x = self.embed(input_ids)  # [B, C]
-        pos, cos, sin = self._positions(position[:, None])
-        if pos is not None:
-            x = x + pos[:, 0]
+        x, cos, sin = self.step_inputs(input_ids, position)
         new_state = {}
         for i, block in enumerate(self.blocks):
             x, new_state[f"{i}.kv"] = block.step(x, state[f"{i}.kv"], cos, sin)
-        return self.lm_head(self.norm(x)), new_state
-
-
-def _check_positions(c: LinearConfig, T: int):
-    if c.pos_emb == "learned" and T > c.max_seq_len:
-        from linexport.errors import LinexportError
-
-        raise LinexportError(f"sequence length {T} exceeds this model's learned positions "
-                             f"(max_seq_len={c.max_seq_len}); use shorter inputs")
-
-
-def _init_weights(module):
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
+        return self.logits(x), new_state

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linexport.models.base import PAST_SEQ, CausalLM, StateSpec, check_input_ids, length_mask
+from linexport.models.base import PAST_SEQ, StateSpec
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, apply_rotary, rotary_angles
-from linexport.models.linear import _check_positions, _init_weights
+from linexport.models.layers import MLP, RMSNorm, apply_rotary
 from linexport.models.ops.lsh_attention import chunk_lsh_attention, step_lsh_attention
 from linexport.models.softmax import _check_step
+from linexport.models.token_lm import TokenLM
 
 
 @dataclass
@@ -144,21 +144,12 @@ class _ReversibleStack(torch.autograd.Function):
         return dy1, dy2, None, None, None, None
 
 
-class ReformerLM(CausalLM):
+class ReformerLM(TokenLM):
     arch = "reformer"
     config_class = ReformerConfig
 
     def __init__(self, config: ReformerConfig):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        if config.pos_emb == "learned":
-            self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model)
-        self.blocks = nn.ModuleList(ReversibleBlock(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-        self.apply(_init_weights)
+        super().__init__(config, [ReversibleBlock(config) for _ in range(config.n_layers)])
 
     def state_specs(self):
         c = self.config
@@ -169,24 +160,8 @@ class ReformerLM(CausalLM):
             specs.append(StateSpec(f"{i}.value", shape, torch.float32, "values of every token so far"))
         return specs
 
-    def _positions(self, positions):
-        c = self.config
-        if c.pos_emb == "learned":
-            return self.pos_embed(positions), None, None
-        cos, sin = rotary_angles(positions, c.head_dim, c.rotary_base)
-        return None, cos.unsqueeze(1), sin.unsqueeze(1)
-
     def forward(self, input_ids, lengths=None, return_state=False):
-        c = self.config
-        check_input_ids(input_ids, lengths, c.vocab_size)
-        B, T = input_ids.shape
-        _check_positions(c, T)
-        positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
-        mask = length_mask(lengths, B, T, input_ids.device)
-        x = self.embed(input_ids)
-        pos, cos, sin = self._positions(positions)
-        if pos is not None:
-            x = x + pos
+        x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)
         states = {}
         if self.training and torch.is_grad_enabled() and not return_state:
             x1, x2 = _ReversibleStack.apply(x, x, self.blocks, mask, cos, sin)
@@ -194,18 +169,14 @@ class ReformerLM(CausalLM):
             x1, x2 = x, x
             for i, block in enumerate(self.blocks):
                 x1, x2, states[f"{i}.key"], states[f"{i}.value"] = block(x1, x2, mask, cos, sin)
-        logits = self.lm_head(self.norm((x1 + x2) * 0.5))
+        logits = self.logits((x1 + x2) * 0.5)
         return (logits, states) if return_state else logits
 
     def step(self, input_ids, position, state):
-        c = self.config
-        _check_step(c, position, state["0.key"])
-        x = self.embed(input_ids)
-        pos, cos, sin = self._positions(position[:, None])
-        if pos is not None:
-            x = x + pos[:, 0]
+        _check_step(self.config, position, state["0.key"])
+        x, cos, sin = self.step_inputs(input_ids, position)
         x1, x2, new_state = x, x, {}
         for i, block in enumerate(self.blocks):
             x1, x2, new_state[f"{i}.key"], new_state[f"{i}.value"] = block.step(
                 x1, x2, position, state[f"{i}.key"], state[f"{i}.value"], cos, sin)
-        return self.lm_head(self.norm((x1 + x2) * 0.5)), new_state
+        return self.logits((x1 + x2) * 0.5), new_state
