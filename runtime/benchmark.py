@@ -134,10 +134,18 @@ def _prefill_all(out, manifest, s: BenchSettings, done: Callable) -> list[dict]:
 
 
 def _describe(out, manifest: Manifest, name: str) -> dict:
-    state_bytes = sum(int(np.prod(st.shape[1:])) * np.dtype(st.dtype).itemsize for st in manifest.states)
+    """What the export is, with its state's size per slot: fixed bytes, plus bytes per cached
+    token for a KV cache (a state with a named, growing dim)."""
+    fixed = per_token = 0
+    for st in manifest.states:
+        size = np.dtype(st.dtype).itemsize * int(np.prod([d for d in st.shape[1:] if isinstance(d, int)]))
+        if all(isinstance(d, int) for d in st.shape[1:]):
+            fixed += size
+        else:
+            per_token += size
     return {"name": name, "path": str(out), "arch": manifest.arch, "precision": manifest.precision,
-            "lowering": manifest.data["lowering"].get("option"), "state_bytes_per_slot": state_bytes,
-            "position_limit": position_limit(manifest)}
+            "lowering": manifest.data["lowering"].get("option"), "state_bytes_per_slot": fixed,
+            "state_bytes_per_token": per_token, "position_limit": position_limit(manifest)}
 
 
 def export_names(outs: Sequence) -> list[str]:

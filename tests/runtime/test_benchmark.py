@@ -202,3 +202,16 @@ def test_runtime_benchmark_imports_neither_torch_nor_matplotlib():
             "{'torch', 'matplotlib', 'onnxruntime'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_kv_cache_exports_are_measured_with_their_growing_state(runtime_exports):
+    """The softmax baseline: its state is a KV cache, sized per cached token; decode latency is
+    measured for real at each context (the cache is prefilled to that length)."""
+    path, model = runtime_exports["softmax"]
+    settings = BenchSettings(contexts=(8, 64), prefill_seqs=(16,), steps=4, warmup=1, repeats=1)
+    result = run_bench([path], settings)
+    entry = result["exports"][0]
+    c = model.config
+    assert entry["state_bytes_per_slot"] == 0
+    assert entry["state_bytes_per_token"] == 2 * c.n_layers * c.n_heads * c.head_dim * 4  # key + value, fp32
+    assert [r["status"] for r in entry["decode"] + entry["prefill"]] == ["ok"] * 3
