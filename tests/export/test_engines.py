@@ -21,7 +21,7 @@ from linexport.export.manifest import MANIFEST_NAME
 from linexport.files import file_sha256
 from linexport.runtime.manifest import read_manifest
 from linexport.tensorrt_flavours import is_installed
-from tests.export.conftest import ARCHS
+from tests.export.conftest import ARCHS, KV_CACHE_ARCHS
 
 if os.environ.get("CI"):
     import tensorrt_rtx  # noqa: F401  CI must run these builds: pip install tensorrt-rtx-cu13
@@ -61,7 +61,7 @@ def test_rtx_builds_and_records_engines(arch, precision, fp32_exports, tmp_path)
     assert manifest == report.manifest and manifest["precision"] == precision
     engines = manifest["engines"]
     assert engines["target"] == "rtx" and engines["precision"] == precision and engines["strongly_typed"]
-    kv_cache = {"past_seq": [0, 40, 96]} if arch == "softmax" else {}  # the decode graph's cache length
+    kv_cache = {"past_seq": [0, 40, 96]} if arch in KV_CACHE_ARCHS else {}  # the decode graph's cache length
     assert engines["profile"] == {"batch": [1, 2, 3], "seq": [1, 40, 96], **kv_cache}
     assert engines["attention"] == ("inlined function body" if arch == "linear" else "traced")
     assert engines["plugin_library"] is None
