@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linexport.models.base import PAST_SEQ, StateSpec
 from linexport.models.config import require
 from linexport.models.layers import MLP, RMSNorm, apply_rotary
 from linexport.models.ops.lsh_attention import chunk_lsh_attention, step_lsh_attention
 from linexport.models.softmax import _check_step
-from linexport.models.token_lm import TokenLM
+from linexport.models.token_lm import TokenLM, kv_cache_specs
 
 
 @dataclass
@@ -152,13 +151,7 @@ class ReformerLM(TokenLM):
         super().__init__(config, [ReversibleBlock(config) for _ in range(config.n_layers)])
 
     def state_specs(self):
-        c = self.config
-        shape = ("batch", c.n_heads, PAST_SEQ, c.head_dim)
-        specs = []
-        for i in range(c.n_layers):
-            specs.append(StateSpec(f"{i}.key", shape, torch.float32, "unit keys k̂ = q/|q| of every token so far"))
-            specs.append(StateSpec(f"{i}.value", shape, torch.float32, "values of every token so far"))
-        return specs
+        return kv_cache_specs(self.config, "unit keys k̂ = q/|q| of every token so far")
 
     def forward(self, input_ids, lengths=None, return_state=False):
         x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)

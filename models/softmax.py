@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from linexport.errors import LinexportError
-from linexport.models.base import PAST_SEQ, StateSpec
 from linexport.models.config import require
 from linexport.models.layers import MLP, RMSNorm, apply_rotary
 from linexport.models.ops.softmax_attention import causal_softmax_attention, step_softmax_attention
-from linexport.models.token_lm import TokenLM
+from linexport.models.token_lm import TokenLM, kv_cache_specs
 
 
 @dataclass
@@ -107,13 +106,7 @@ class SoftmaxLM(TokenLM):
         super().__init__(config, [Block(config) for _ in range(config.n_layers)])
 
     def state_specs(self):
-        c = self.config
-        shape = ("batch", c.n_heads, PAST_SEQ, c.head_dim)
-        specs = []
-        for i in range(c.n_layers):
-            specs.append(StateSpec(f"{i}.key", shape, torch.float32, "keys of every token so far (after rotary)"))
-            specs.append(StateSpec(f"{i}.value", shape, torch.float32, "values of every token so far"))
-        return specs
+        return kv_cache_specs(self.config, "keys of every token so far (after rotary)")
 
     def forward(self, input_ids, lengths=None, return_state=False):
         x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from linexport.errors import LinexportError
-from linexport.models.base import CausalLM, check_input_ids, length_mask
+from linexport.models.base import PAST_SEQ, CausalLM, StateSpec, check_input_ids, length_mask
 from linexport.models.layers import RMSNorm, rotary_angles
 
 
@@ -58,6 +58,17 @@ class TokenLM(CausalLM):
             return x + self.pos_embed(positions), None, None
         cos, sin = rotary_angles(positions, c.head_dim, c.rotary_base)
         return x, cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def kv_cache_specs(config, key_doc: str) -> list[StateSpec]:
+    """The KV-cache state of the softmax-style baselines: ``{layer}.key`` / ``{layer}.value``,
+    fp32 [batch, heads, past_seq, head_dim], one entry per token so far."""
+    shape = ("batch", config.n_heads, PAST_SEQ, config.head_dim)
+    specs = []
+    for i in range(config.n_layers):
+        specs.append(StateSpec(f"{i}.key", shape, torch.float32, key_doc))
+        specs.append(StateSpec(f"{i}.value", shape, torch.float32, "values of every token so far"))
+    return specs
 
 
 def _init_weights(module):

@@ -7,7 +7,6 @@ whose files do not match the recorded sha256 is refused (the checks live in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
