@@ -192,3 +192,19 @@ def test_tensorrt_builds_with_our_plugin(fp32_exports, tmp_path):
     plugin = engines["plugin_library"]
     assert plugin["sha256"] == file_sha256(out / plugin["file"])
     assert (tmp_path / "cache").stat().st_size > 0
+
+
+def test_product_card_commands_on_the_demo_model(tmp_path, monkeypatch):
+    """`linexport onnx` then `linexport trt --fp16`, as written: the bundled demo model, the
+    default directory, the TensorRT flavour installed here, fp16 graphs re-exported for it."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["onnx"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["trt", "--fp16", "--max-batch", "2", "--max-seq", "256"])
+    assert result.exit_code == 0, result.output
+    assert "note: linexport-out holds fp32 graphs: re-exporting" in result.output
+    manifest = read_manifest(tmp_path / "linexport-out")
+    assert manifest.precision == "fp16" and manifest.engines["precision"] == "fp16"
+    assert manifest.engines["target"] == ("tensorrt" if is_installed("tensorrt") else "rtx")
+    assert manifest.engine_path("prefill").stat().st_size > 100_000
