@@ -44,3 +44,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
     c, s = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
+
+
+class RotaryQKV(nn.Module):
+    """The fused bias-free q/k/v projection (rotary on q and k) and output projection that the
+    linear and softmax archs share, so their attention differs only in what it does with them."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        inner = config.n_heads * config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, config.d_model, bias=False)
+
+    def _qkv(self, x, cos, sin):
+        """x [B, T, C] -> q, k, v each [B, H, T, D] (q and k rotated when cos is given)."""
+        B, T, _ = x.shape
+        H, D = self.config.n_heads, self.config.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v

@@ -19,7 +19,7 @@ from torch import nn
 
 from linexport.models.base import StateSpec
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, apply_rotary
+from linexport.models.layers import MLP, RMSNorm, RotaryQKV
 from linexport.models.ops.linear_attention import (chunk_causal_linear_attention,
                                                    step_causal_linear_attention)
 from linexport.models.ops.naive import feature_map
@@ -51,21 +51,10 @@ class LinearConfig:
         require(self.eps > 0, f"config LinearConfig.eps must be > 0, got {self.eps}")
 
 
-class LinearAttention(nn.Module):
-    def __init__(self, config: LinearConfig):
-        super().__init__()
-        self.config = config
-        inner = config.n_heads * config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
-        self.out = nn.Linear(inner, config.d_model, bias=False)
-
+class LinearAttention(RotaryQKV):
     def _qkv(self, x, cos, sin):
-        """x [B, T, C] -> φ(q), φ(k), v each [B, H, T, D]."""
-        B, T, _ = x.shape
-        H, D = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-        if cos is not None:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        """x [B, T, C] -> φ(q), φ(k), v each [B, H, T, D] (rotary before φ)."""
+        q, k, v = super()._qkv(x, cos, sin)
         fm = self.config.feature_map
         return feature_map(q, fm), feature_map(k, fm), v
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from linexport.errors import LinexportError
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, apply_rotary
+from linexport.models.layers import MLP, RMSNorm, RotaryQKV
 from linexport.models.ops.softmax_attention import causal_softmax_attention, step_softmax_attention
 from linexport.models.token_lm import TokenLM, kv_cache_specs
 
@@ -46,23 +46,7 @@ class SoftmaxConfig:
                                               f"{getattr(self, name)}")
 
 
-class SoftmaxAttention(nn.Module):
-    def __init__(self, config: SoftmaxConfig):
-        super().__init__()
-        self.config = config
-        inner = config.n_heads * config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
-        self.out = nn.Linear(inner, config.d_model, bias=False)
-
-    def _qkv(self, x, cos, sin):
-        """x [B, T, C] -> q, k, v each [B, H, T, D] (q and k rotated)."""
-        B, T, _ = x.shape
-        H, D = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
-        if cos is not None:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return q, k, v
-
+class SoftmaxAttention(RotaryQKV):
     def forward(self, x, mask, cos, sin):
         """x [B, T, C], mask [B, T] bool -> (y [B, T, C], key, value [B, H, T, D] fp32)."""
         q, k, v = self._qkv(x, cos, sin)
