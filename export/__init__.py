@@ -8,5 +8,5 @@
     manifest, op_spec            pure JSON / constants: no torch, no onnx (the runtime reads them)
     ort_session, verify          running an export in ONNX Runtime against the PyTorch model
 
-Nothing is imported here, so ``linexport.export.manifest`` stays torch-free.
+Nothing is imported here, so ``linexport.contract.manifest`` stays torch-free.
 """

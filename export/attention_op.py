@@ -3,7 +3,7 @@
 During export, the model's calls to the chunked / step linear-attention functions are swapped
 (``substituted_attention``) for ``torch.ops.linexport.causal_linear_attention``, which
 ``torch.onnx.export`` translates into the bare ``linexport::CausalLinearAttention`` node of the
-op spec (export/op_spec.py). ``export/lowerings.py`` then rewrites that node into the lowering
+op spec (contract/op_spec.py). ``export/lowerings.py`` then rewrites that node into the lowering
 asked for. The model's own math stays the PyTorch reference: the custom op's eager
 implementation *is* the model's chunked function, only re-laid out to the spec's [B, T, H*D].
 """
@@ -15,7 +15,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from linexport.export import op_spec
+from linexport.contract import op_spec
 from linexport.models.ops.linear_attention import chunk_causal_linear_attention
 
 _CHUNK = 64  # eager implementation only; results do not depend on it

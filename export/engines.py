@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.export.manifest import (MANIFEST_NAME, load_manifest, update_manifest)
+from linexport.contract.manifest import (MANIFEST_NAME, load_manifest, update_manifest)
 from linexport.files import atomic_write, file_sha256
 from linexport.tensorrt_flavours import TARGETS, import_tensorrt
 

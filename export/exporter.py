@@ -21,10 +21,11 @@ import torch
 
 from linexport import __version__
 from linexport.errors import LinexportError
-from linexport.export import attention_op, op_spec
+from linexport.contract import op_spec
+from linexport.export import attention_op
 from linexport.export.graphs import trace_decode, trace_prefill
 from linexport.export.lowerings import apply_lowering, attention_nodes
-from linexport.export.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
+from linexport.contract.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
                                        format_version_for, io_entry, write_manifest)
 from linexport.files import file_sha256
 from linexport.models.base import CausalLM

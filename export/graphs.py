@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from linexport.export import attention_op
-from linexport.export.manifest import PRESENT_SEQ
+from linexport.contract import graph_io
+from linexport.contract.manifest import PRESENT_SEQ
 from linexport.export.opset import convert_opset
 from linexport.models.base import PAST_SEQ, CausalLM
 
@@ -54,14 +55,8 @@ class DecodeGraph(nn.Module):
 
 
 def io_names(model: CausalLM) -> dict:
-    """Graph input/output names of both graphs, in order."""
-    states = [s.name for s in model.state_specs()]
-    return {
-        "prefill": {"inputs": ["input_ids", "lengths"],
-                    "outputs": ["logits"] + [f"present.{s}" for s in states]},
-        "decode": {"inputs": ["input_ids", "position"] + [f"past.{s}" for s in states],
-                   "outputs": ["logits"] + [f"present.{s}" for s in states]},
-    }
+    """Graph input/output names of both graphs, in order (the contract's, for this model's states)."""
+    return graph_io.io_names([s.name for s in model.state_specs()])
 
 
 def trace_prefill(model: CausalLM, opset: int, full_logits: bool) -> onnx.ModelProto:
@@ -101,7 +96,7 @@ def _example_shape(shape: tuple) -> tuple:
 
 def _name_present_cache_dims(proto: onnx.ModelProto, specs):
     """A decode graph's present KV cache is one longer than its past: the exporter writes that
-    dim as its own expression of the past symbol; the contract (export/manifest.py) names it."""
+    dim as its own expression of the past symbol; the contract (contract/manifest.py) names it."""
     outputs = {v.name: v for v in proto.graph.output}
     for spec in specs:
         for axis, d in enumerate(spec.shape):

@@ -1,6 +1,6 @@
 """Lowerings of the ``linexport::CausalLinearAttention`` node: ONNX graph rewrites.
 
-The traced graph holds the bare node (the op spec, export/op_spec.py). From it:
+The traced graph holds the bare node (the op spec, contract/op_spec.py). From it:
 
 - ``plugin``: left as is; TensorRT resolves it to the plugin of the same name.
 - ``function``: the node stays and the model gains a local FunctionProto of the same
@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from linexport.export import op_spec
+from linexport.contract import op_spec
 
 _I64_MAX = np.iinfo(np.int64).max
 

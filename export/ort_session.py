@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from linexport.export.manifest import load_manifest
+from linexport.contract.manifest import load_manifest
 
 
 class OrtGraphs:

@@ -7,7 +7,7 @@ For a ragged batch of random prompts and one of real text prompts it compares
 - ONNX Runtime's prefill(T) + k decode steps against its own prefill(T + k),
 
 each as max abs and max relative error (``max|a - b| / max|b|``). KV caches (the softmax
-baseline) are compared whole, padding included: it is zeros in both (export/manifest.py), and a
+baseline) are compared whole, padding included: it is zeros in both (contract/manifest.py), and a
 cache of the wrong length fails. Tolerances are dtype-aware:
 fp32 graphs must match the fp32 model to ``FP32_REL_TOL``; fp16 graphs may be at most twice as
 far from the fp32 model as PyTorch's own fp16 model is on the same inputs.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from linexport.errors import LinexportError
-from linexport.export.checks import FP32_REL_TOL, Check, errors
+from linexport.contract.checks import FP32_REL_TOL, Check, errors
 from linexport.export.exporter import source_record
-from linexport.export.manifest import load_manifest
+from linexport.contract.manifest import load_manifest
 from linexport.export.ort_session import OrtGraphs
 
 LOW_PRECISION_FACTOR = 2.0

@@ -26,7 +26,7 @@ from linexport.errors import LinexportError
 from linexport.runtime.backends import BACKENDS
 from linexport.runtime.benchmark_decode import LATENCY_DOC, measure_decode
 from linexport.runtime.benchmark_prefill import MEMORY_DOC, measure_prefill
-from linexport.runtime.manifest import Manifest, read_manifest
+from linexport.runtime.export_dir import Manifest, read_manifest
 from linexport.runtime.model import Model
 
 FORMAT = "linexport.bench"

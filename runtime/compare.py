@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.export.checks import FP32_REL_TOL, Check, errors
+from linexport.contract.checks import FP32_REL_TOL, Check, errors
 
 FP16_REL_TOL = 2e-2
 DEFAULT_TOL = {"fp32": FP32_REL_TOL, "fp16": FP16_REL_TOL}

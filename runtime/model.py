@@ -6,7 +6,7 @@ from pathlib import Path
 
 from linexport.errors import LinexportError
 from linexport.runtime.backends import create_backend
-from linexport.runtime.manifest import read_manifest
+from linexport.runtime.export_dir import read_manifest
 from linexport.runtime.tokenizers import tokenizer_from_spec
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from linexport.cli.common import demo_checkpoint, model_option
-from linexport.export.op_spec import DEFAULT_LOWERING, LOWERINGS
+from linexport.contract.op_spec import DEFAULT_LOWERING, LOWERINGS
 
 
 @click.command("onnx")

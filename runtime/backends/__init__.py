@@ -4,7 +4,7 @@ created, never when linexport.runtime is imported."""
 from __future__ import annotations
 
 from linexport.errors import LinexportError
-from linexport.export.manifest import PAST_SEQ  # pure JSON: no torch, no onnx
+from linexport.contract.manifest import PAST_SEQ  # pure JSON: no torch, no onnx
 from linexport.runtime.backends.base import Backend
 
 BACKENDS = ("ort", "trt")

@@ -4,7 +4,7 @@ Each state is a host pool ``[num_slots, ..., capacity, ...]`` (the cache axis wh
 says ``past_seq``) plus one length per slot: the tokens that slot has cached. A decode step over
 rows 0..n-1 passes ``pool[:n]`` cut to L = the largest position among the rows (a copy: the
 graph takes a dense ``[n, H, L, D]``), and from each row's ``present`` keeps only the entry the
-step wrote, at that row's ``position`` (export/manifest.py: shorter rows are padding the graph
+step wrote, at that row's ``position`` (contract/manifest.py: shorter rows are padding the graph
 masks out). Pools double when a sequence outgrows them. The cache stays in host memory on any
 device: a baseline to compare against, not a tuned KV runtime. The fixed-state archs keep the
 zero-copy path of ``OrtBackend``.

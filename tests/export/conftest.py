@@ -11,7 +11,7 @@ import torch
 from linexport.export.exporter import export_checkpoint
 from linexport.export.lowerings import apply_lowering, with_function_body
 from linexport.export.opset import convert_opset
-from linexport.export.op_spec import DEFAULT_OPSET
+from linexport.contract.op_spec import DEFAULT_OPSET
 from linexport.models.checkpoint import save_checkpoint
 
 PREFILL_CHUNK = 16  # the test models' chunk_size: T = 37 spans three chunks, the last partial

@@ -9,7 +9,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from linexport.export import attention_op, op_spec
+from linexport.contract import op_spec
+from linexport.export import attention_op
 from linexport.export.lowerings import apply_lowering, function_proto
 from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
 from tests.conftest import rel_err

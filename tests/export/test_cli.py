@@ -13,7 +13,7 @@ from linexport.cli import main
 from linexport.errors import LinexportError
 from linexport.export import exporter
 from linexport.export.exporter import check_options, export_checkpoint, source_record
-from linexport.export.manifest import MANIFEST_NAME
+from linexport.contract.manifest import MANIFEST_NAME
 from linexport.export.ort_session import OrtGraphs
 from linexport.files import file_sha256
 from linexport.models.checkpoint import save_checkpoint

@@ -17,9 +17,9 @@ from linexport.cli import main
 from linexport.errors import LinexportError
 from linexport.export.engines import ENGINE_FILES, EngineOptions, build_engines
 from linexport.export.exporter import export_checkpoint
-from linexport.export.manifest import MANIFEST_NAME
+from linexport.contract.manifest import MANIFEST_NAME
 from linexport.files import file_sha256
-from linexport.runtime.manifest import read_manifest
+from linexport.runtime.export_dir import read_manifest
 from linexport.tensorrt_flavours import is_installed
 from tests.export.conftest import ARCHS, KV_CACHE_ARCHS
 

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from linexport.export import op_spec
+from linexport.contract import op_spec
 from linexport.export.lowerings import attention_nodes
-from linexport.export.manifest import load_manifest
+from linexport.contract.manifest import load_manifest
 from tests.export.conftest import ARCHS, KV_CACHE_ARCHS, LOWERINGS, make_model
 
 _TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}

@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from linexport.errors import LinexportError
-from linexport.export.manifest import MANIFEST_NAME, load_manifest, validate_manifest
+from linexport.contract.manifest import MANIFEST_NAME, load_manifest, validate_manifest
 
 
 def test_importing_the_manifest_module_pulls_in_no_torch_or_onnx():
-    code = ("import sys, linexport.export.manifest, linexport.export.op_spec; "
+    code = ("import sys, linexport.contract.manifest, linexport.contract.op_spec; "
             "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules]; "
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

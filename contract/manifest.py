@@ -53,6 +53,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from linexport.errors import LinexportError
+from linexport.contract.graph_io import GRAPHS
 from linexport.files import atomic_write, file_sha256
 
 MANIFEST_NAME = "linexport.json"
@@ -61,7 +62,6 @@ FORMAT_VERSION = 2  # the newest format this linexport reads; see format_version
 PAST_SEQ = "past_seq"  # the cache-length dim of a KV-cache state (format 2); = models.base.PAST_SEQ
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # --dtype -> activation dtype
 STATE_DTYPE = "float32"
-GRAPHS = ("prefill", "decode")
 
 _REQUIRED = {"format": str, "format_version": int, "arch": str, "config": dict, "vocab_size": int,
              "tokenizer": dict, "precision": str, "opset": int, "full_logits": bool,

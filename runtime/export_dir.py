@@ -2,7 +2,7 @@
 
 A directory whose manifest is from a newer format, whose graphs or engines are missing, or
 whose files do not match the recorded sha256 is refused (the checks live in
-``linexport.export.manifest``, which imports neither torch nor onnx).
+``linexport.contract.manifest``, which imports neither torch nor onnx).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.export.manifest import MANIFEST_NAME, engine_files, load_manifest  # pure JSON: no torch, no onnx
+from linexport.contract.manifest import MANIFEST_NAME, engine_files, load_manifest  # pure JSON: no torch, no onnx
 from linexport.files import file_sha256
 
 
