@@ -3,7 +3,8 @@
 Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout (format 1):
 
     {"format": "linexport.export", "format_version": 1, "linexport_version": "0.1.0",
-     "arch": "linear", "config": {...}, "vocab_size": 256, "tokenizer": {"type": "bytes"},
+     "arch": "linear", "config": {...}, "vocab_size": 256,
+     "tokenizer": {"type": "bytes"},  # or {"type": "json", "file": "tokenizer.json", "sha256": "..."}
      "precision": "fp16",            # activations and logits; states are always float32
      "opset": 20, "full_logits": false,
      "lowering": {"option": "function", "ops": {"causal_linear_attention": "function"},
@@ -86,7 +87,15 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
             graph = data["graphs"][name]
             for entry in [graph, *graph["external_data"]]:
                 _check_file(root, entry["file"], entry["sha256"])
+        for entry in tokenizer_files(data):
+            _check_file(root, entry["file"], entry["sha256"])
     return data
+
+
+def tokenizer_files(data: dict) -> list[dict]:
+    """The ``{file, sha256}`` entry of the tokenizer file a validated manifest ships, if any."""
+    tokenizer = data["tokenizer"]
+    return [{"file": tokenizer["file"], "sha256": tokenizer["sha256"]}] if tokenizer["type"] == "json" else []
 
 
 def engine_files(data: dict) -> list[dict]:
@@ -118,6 +127,14 @@ def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
         fail(f"expected vocab_size >= 1, got {data['vocab_size']}")
     if not isinstance(data["lowering"].get("option"), str) or not isinstance(data["lowering"].get("ops"), dict):
         fail("expected lowering to hold 'option' (str) and 'ops' (dict)")
+    tokenizer = data["tokenizer"]
+    if tokenizer.get("type") == "json":
+        if not (_inside(tokenizer.get("file")) and isinstance(tokenizer.get("sha256"), str)
+                and len(tokenizer["sha256"]) == 64):
+            fail(f"expected a json tokenizer as {{type, file: a relative path inside the export, sha256}} "
+                 f"(the exporter copies it into the export), got {tokenizer!r}")
+    elif tokenizer != {"type": "bytes"}:
+        fail(f"expected tokenizer {{'type': 'bytes'}} or {{'type': 'json', 'file', 'sha256'}}, got {tokenizer!r}")
 
     states = data["states"]
     for s in states:

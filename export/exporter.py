@@ -25,6 +25,7 @@ from linexport.contract import op_spec
 from linexport.export import attention_op
 from linexport.export.graphs import trace_decode, trace_prefill
 from linexport.export.lowerings import apply_lowering, attention_nodes
+from linexport.export.tokenizer import export_tokenizer
 from linexport.contract.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
                                        format_version_for, io_entry, write_manifest)
 from linexport.files import file_sha256
@@ -120,7 +121,7 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
     manifest = {
         "format": FORMAT_TAG, "format_version": format_version_for(states), "linexport_version": __version__,
         "arch": model.arch, "config": model.config_dict(), "vocab_size": int(model.config.vocab_size),
-        "tokenizer": meta.get("tokenizer") or {"type": "bytes"},
+        "tokenizer": export_tokenizer(meta.get("tokenizer"), Path(source["checkpoint"]).parent, tmp),
         "precision": dtype, "opset": opset, "full_logits": full_logits,
         "lowering": {"option": lowering, "ops": attention_op.lowered_ops(model.arch, lowering)},
         "graphs": entries,

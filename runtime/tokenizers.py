@@ -67,17 +67,29 @@ def tokenizer_from_json(path) -> CallableTokenizer:
     path = Path(path)
     if not path.exists():
         raise LinexportError(f"tokenizer file {path} does not exist")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers package raises a bare Exception for a malformed file
+        raise LinexportError(f"could not read the tokenizer {path}: {str(e).splitlines()[0]}") from None
     return CallableTokenizer(lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids))
 
 
 def tokenizer_from_spec(spec: dict | None, base_dir: Path | None = None):
-    """The tokenizer a manifest names: {"type": "bytes"} or {"type": "json", "file": ...}."""
+    """The tokenizer a manifest names: {"type": "bytes"} or {"type": "json", "file": ...}, the
+    file inside the export directory ``base_dir`` (the exporter copies it there; a path that
+    leaves the directory, e.g. through a symlink, is refused)."""
     kind = (spec or {}).get("type", "bytes")
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "json":
-        file = Path(spec["file"])
-        return tokenizer_from_json(file if file.is_absolute() or base_dir is None else base_dir / file)
+        file = spec.get("file")
+        if not isinstance(file, str) or base_dir is None:
+            raise LinexportError(f"expected a json tokenizer spec with the file inside the export, got {spec!r}")
+        root = Path(base_dir).resolve()
+        path = (root / file).resolve()
+        if root not in path.parents:
+            raise LinexportError(f"expected the tokenizer file {file!r} to lie inside {root}, but it "
+                                 f"resolves to {path}; re-export so that the tokenizer is copied in")
+        return tokenizer_from_json(path)
     raise LinexportError(f"unknown tokenizer type {kind!r}: expected 'bytes' or 'json', or pass "
                          "your own tokenizer object (encode/decode) to the Generator")

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
-from linexport.cli.common import print_checks
+from linexport.cli.common import print_checks, resolve_device
 
 
 @click.command("compare")
 @click.argument("out", type=click.Path(path_type=Path), default=Path("linexport-out"))
 @click.option("--backend", type=click.Choice(["trt", "ort"]), default="trt", show_default=True,
               help="The backend under test.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="Its device.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Its device. [default: cuda for --backend trt, else cpu]")
 @click.option("--reference-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime's device for the reference.")
 @click.option("--batch", type=click.IntRange(min=1), default=3, show_default=True)
@@ -30,6 +30,7 @@ def command(out, backend, device, reference_device, batch, seq, steps, rtol, see
     from linexport.runtime import Model
     from linexport.runtime.compare import compare_backends
 
+    device = resolve_device(backend, device)
     reference = Model(out, backend="ort", device=reference_device, num_slots=batch)
     candidate = Model(out, backend=backend, device=device, num_slots=batch)
     click.echo(f"{out}: {backend} on {device} against ONNX Runtime on {reference_device} "

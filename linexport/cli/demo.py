@@ -19,7 +19,9 @@ from linexport.cli.common import demo_checkpoint
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def command(arch, out, prompt, max_new_tokens, temperature, seed):
+@click.option("--stop-token", "stop_tokens", type=click.IntRange(min=0), multiple=True,
+              help="Token id that ends the generation (repeatable; bytes for the demo models: 10 = newline).")
+def command(arch, out, prompt, max_new_tokens, temperature, seed, stop_tokens):
     """Export the bundled model to ONNX, verify it against PyTorch, and generate from it on
     ONNX Runtime with the stateful runtime."""
     from linexport.export.exporter import export_checkpoint
@@ -48,17 +50,21 @@ def command(arch, out, prompt, max_new_tokens, temperature, seed):
 
     stage(3, "generate on ONNX Runtime (prefill once, then one decode step per byte)")
     model = Model(out)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=40, seed=seed)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=40, seed=seed,
+                            stop_tokens=stop_tokens)
     gen_start = time.perf_counter()
     click.echo(prompt, nl=False)
-    count = 0
-    for piece in Generator(model).generate(prompt, params):
-        click.echo(piece, nl=False)
-        count += 1
+    generator = Generator(model)
+    seq = generator.add(prompt, params)
+    decode = model.tokenizer.stream_decoder()
+    while not generator.is_done():
+        for _, token in generator.step():
+            click.echo(decode(token), nl=False)
     click.echo()
     elapsed = time.perf_counter() - gen_start
-    log(f"generated {max_new_tokens} tokens in {elapsed:.2f}s ({max_new_tokens / elapsed:.0f} tokens/s, "
-        f"state {_state_kib(model):.0f} KiB whatever the context length)")
+    count = len(seq.generated)
+    log(f"generated {count} tokens in {elapsed:.2f}s ({count / elapsed:.0f} tokens/s, stopped by "
+        f"{seq.finish_reason}; state {_state_kib(model):.0f} KiB whatever the context length)")
 
 
 def _state_kib(model) -> float:

@@ -13,7 +13,6 @@ from linexport.cli.common import auto_target, target_option
 @click.command("trt")
 @click.argument("out", type=click.Path(path_type=Path), default=Path("linexport-out"))
 @click.option("--fp16", "precision", flag_value="fp16", help="Build from fp16 graphs (re-exports OUT if it is fp32).")
-@click.option("--bf16", "precision", flag_value="bf16", help="Build from bf16 graphs.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Build from fp32 graphs (re-exports OUT if it is fp16).")
 @target_option
 @click.option("--plugin-lib", type=click.Path(path_type=Path), default=None,

@@ -59,3 +59,27 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     result = CliRunner().invoke(main, ["sample", "--model", str(tmp_path / "missing.pt")])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_demo_reports_what_it_generated_and_compare_defaults_to_the_backends_device(tmp_path):
+    """demo counts the tokens the sequence generated (not --max-new-tokens); compare's --device
+    follows the backend (cpu for ort), so `compare OUT --backend ort` runs without a GPU."""
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", "-o", str(out), "--prompt", "import os", "--temperature", "0",
+                                  "--max-new-tokens", "200", "--stop-token", "10"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout.split("import os", 1)[1]
+    generated = text.split("\n", 1)[0].encode() + b"\n"  # the stop token itself is generated too
+    assert f"generated {len(generated)} tokens" in result.stderr and "stopped by stop" in result.stderr
+    assert len(generated) < 200
+
+    result = runner.invoke(main, ["compare", str(out), "--backend", "ort", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "ort on cpu" in result.output and "checks passed" in result.output
+
+
+def test_trt_offers_only_the_precisions_it_builds():
+    result = CliRunner().invoke(main, ["trt", "--help"])
+    assert result.exit_code == 0
+    assert "--fp16" in result.output and "--fp32" in result.output and "--bf16" not in result.output
