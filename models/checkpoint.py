@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -64,22 +65,44 @@ def load_checkpoint(path, map_location="cpu") -> tuple[CausalLM, dict]:
 
 
 # -- reading --------------------------------------------------------------------------------
-def _read_pt(path: Path):
+def read_torch_file(path: Path, expected: str):
+    """``torch.load(path, weights_only=True)`` with one clear error per way it can fail; never
+    suggests loading with ``weights_only=False`` (that runs code from the file). ``expected``
+    says what the file should be ("a linexport checkpoint", "a FLASHTransformer state_dict")."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         globals_ = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
-        if not globals_:  # the weights-only unpickler met bytes that are no pickle: damaged file
-            raise LinexportError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?). "
-                                 "Re-save or re-download it.") from None
-        raise LinexportError(
-            f"{path} contains Python objects other than tensors and plain containers, which "
-            "linexport refuses to unpickle (checkpoints are untrusted). Save a plain dict: "
-            "torch.save({'format': ..., 'config': {...}, 'state_dict': model.state_dict()}, path), "
-            f"or convert it with `linexport convert`. Detail: {globals_[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        if globals_:
+            raise LinexportError(
+                f"{path} contains Python objects other than tensors and plain containers, which "
+                f"linexport refuses to unpickle (checkpoints are untrusted); expected {expected}. Save "
+                "plain data: torch.save({'format': ..., 'config': {...}, 'state_dict': model.state_dict()}, "
+                f"path), or a bare model.state_dict() for `linexport convert`. Detail: {globals_[0]}") from None
+        if _is_plain_pickle(path):
+            raise LinexportError(
+                f"{path} is a plain Python pickle (pickle.dump), not a torch.save file; expected {expected}. "
+                "linexport never unpickles arbitrary objects: save the weights with torch.save(...) "
+                "(or safetensors) instead") from None
+        raise LinexportError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?); expected "
+                             f"{expected}. Re-save or re-download it.") from None
+    except Exception as e:  # torch raises many types for damaged files (RuntimeError, struct.error, ...)
         raise LinexportError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                             f"{_first_line(e)}. Re-save or re-download it.") from None
+                             f"{_first_line(e)}; expected {expected}. Re-save or re-download it.") from None
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    """A pickle stream (protocol >= 2 starts with PROTO 0x80) that is not torch.save's zip archive."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" and not zipfile.is_zipfile(path)
+
+
+def _read_pt(path: Path):
+    obj = read_torch_file(path, "a linexport checkpoint (a plain dict saved with torch.save)")
     if not isinstance(obj, dict):
         raise LinexportError(f"expected {path} to hold a dict, got {type(obj).__name__}")
     if obj.get("format") != FORMAT_TAG:
@@ -123,8 +146,10 @@ def _build(path: Path, meta: dict, state_dict, map_location) -> CausalLM:
         raise LinexportError(f"{path}: unknown architecture {arch!r}, expected one of {list(ARCH_NAMES)}")
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise LinexportError(f"{path}: expected 'state_dict' to be a dict of tensors")
-    model = build_model(arch, meta.get("config"))
-    expected = model.state_dict()
+    _check_size_against_weights(path, arch, meta.get("config"), state_dict)
+    with torch.device("meta"):  # shapes only: a config the weights do not back allocates nothing
+        skeleton = build_model(arch, meta.get("config"))
+    expected = skeleton.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
@@ -139,8 +164,46 @@ def _build(path: Path, meta: dict, state_dict, map_location) -> CausalLM:
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise LinexportError(f"{path}: weight {name!r} contains NaN or Inf values; the checkpoint "
                                  "is damaged or training diverged")
+    _check_buffers(path, skeleton, state_dict)
+    model = build_model(arch, meta.get("config"))
     model.load_state_dict(state_dict, strict=True)
     return model.to(map_location).eval()
+
+
+# -- size checks: the config is untrusted until the weights back it ---------------------------
+_LAYER_INDEX = re.compile(r"^[A-Za-z_]+\.(\d+)\.")  # blocks.3.attn... / layers.3.to_qk...
+# What a model may allocate beyond the weights it loads (buffers the config sizes, e.g. FLASH's
+# [C, C] relative-position buckets): this many bytes, or the weights' own size if larger.
+_EXTRA_BYTES = 256 << 20
+_LAYER_SLACK = 256
+
+
+def _check_size_against_weights(path: Path, arch: str, config, state_dict: dict):
+    """Before any module is built: a config whose depth the weights do not have is refused (a
+    meta-device build of 10**7 layers would itself take hours)."""
+    from linexport.models import model_class
+    from linexport.models.config import config_from_dict
+
+    cfg = config_from_dict(model_class(arch).config_class, config)
+    layers = {int(m.group(1)) for key in state_dict for m in [_LAYER_INDEX.match(key)] if m}
+    n_layers = getattr(cfg, "n_layers", None)
+    # A few layers too many still reach the key-by-key comparison (its message names the keys);
+    # far too many would make even the meta-device build take hours.
+    if isinstance(n_layers, int) and n_layers > len(layers) + _LAYER_SLACK:
+        raise LinexportError(f"{path}: the config says n_layers={n_layers}, but the weights hold "
+                             f"{len(layers)} layers; is the config from the same model as the weights?")
+
+
+def _check_buffers(path: Path, skeleton: CausalLM, state_dict: dict):
+    """Buffers the config sizes but the checkpoint does not store (``skeleton``: the model on the
+    meta device) must stay within a sane bound."""
+    stored = set(state_dict)
+    extra = sum(b.numel() * b.element_size() for name, b in skeleton.named_buffers() if name not in stored)
+    present = sum(t.numel() * t.element_size() for t in state_dict.values())
+    if extra > max(_EXTRA_BYTES, present):
+        raise LinexportError(f"{path}: the config asks for {extra / 2**20:.0f} MiB of buffers beyond the "
+                             f"{present / 2**20:.1f} MiB of weights (e.g. a huge chunk_size); expected at "
+                             f"most {max(_EXTRA_BYTES, present) / 2**20:.0f} MiB. Check the config")
 
 
 # -- helpers --------------------------------------------------------------------------------

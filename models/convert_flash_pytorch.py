@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from linexport.errors import LinexportError
-from linexport.models.checkpoint import save_checkpoint
+from linexport.models.checkpoint import read_torch_file, save_checkpoint
 from linexport.models.flash import FlashConfig, FlashLM
 
 _LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
@@ -39,10 +39,9 @@ def load_flash_pytorch_state_dict(path) -> dict:
         raise LinexportError(f"{path} does not exist: expected a FLASHTransformer state_dict saved "
                              "with torch.save(model.state_dict(), path)")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files; all mean "not loadable"
-        raise LinexportError(f"{path} could not be loaded as a plain state_dict (weights_only=True): "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        sd = read_torch_file(path, "a FLASHTransformer state_dict saved with torch.save(model.state_dict(), path)")
+    except LinexportError as e:
+        raise LinexportError(f"{path} could not be loaded as a plain state_dict: {e}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -149,3 +149,86 @@ def test_failed_save_leaves_previous_checkpoint(model, tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
     json.dumps(model.config_dict())  # the config is plain JSON-able data
+
+
+def _measure_load(path) -> str:
+    """Loads ``path`` in a fresh process; returns 'error: <message> | rss_mib=<peak RSS>'."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\n"
+            "from linexport.errors import LinexportError\n"
+            "from linexport.models.checkpoint import load_checkpoint\n"
+            "try:\n"
+            f"    load_checkpoint({str(path)!r}); out = 'loaded'\n"
+            "except LinexportError as e:\n"
+            "    out = 'error: ' + str(e)\n"
+            "print(out, '| rss_mib=%d' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_config_the_weights_do_not_back_allocates_nothing(model, tmp_path, suffix):
+    """A small checkpoint whose config claims d_model = 3·10**6 (3 GB of embeddings alone) is
+    refused from the tensors' shapes before any module is built: the process stays small."""
+    path = tmp_path / f"bomb{suffix}"
+    save_checkpoint(model, path)
+    if suffix == ".pt":
+        raw = torch.load(path, weights_only=True)
+        raw["config"]["d_model"] = 3 * 10**6
+        torch.save(raw, path)
+    else:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        meta["config"]["d_model"] = 3 * 10**6
+        path.with_suffix(".json").write_text(json.dumps(meta))
+    out = _measure_load(path)
+    assert out.startswith("error: ") and "has shape" in out, out
+    assert int(out.rsplit("rss_mib=", 1)[1]) < 1500, out
+
+
+def test_a_config_deeper_than_its_weights_is_refused_at_once(model, tmp_path):
+    import time
+
+    path = tmp_path / "deep.pt"
+    raw = _raw(model)
+    raw["config"]["n_layers"] = 10**7
+    torch.save(raw, path)
+    start = time.perf_counter()
+    with pytest.raises(LinexportError, match="n_layers=10000000, but the weights hold 2 layers"):
+        load_checkpoint(path)
+    assert time.perf_counter() - start < 10
+
+
+def test_a_config_sized_buffer_is_bounded(tmp_path):
+    """FLASH's relative-position buckets are a [C, C] buffer sized by chunk_size alone, stored in
+    no checkpoint: a chunk_size of 10**5 (80 GB of int64) is refused before it is allocated."""
+    from linexport.models.flash import FlashConfig, FlashLM
+
+    flash = FlashLM(FlashConfig(vocab_size=32, d_model=16, n_layers=1, qk_dim=8, rotary_dim=4, chunk_size=16))
+    path = tmp_path / "flash.pt"
+    save_checkpoint(flash, path)
+    raw = torch.load(path, weights_only=True)
+    raw["config"]["chunk_size"] = 10**5
+    torch.save(raw, path)
+    out = _measure_load(path)
+    assert out.startswith("error: ") and "MiB of buffers" in out, out
+
+
+def test_plain_pickles_are_named_and_no_message_suggests_unsafe_loading(model, tmp_path):
+    from linexport.models.convert_flash_pytorch import load_flash_pytorch_state_dict
+
+    plain = tmp_path / "plain.pt"
+    with open(plain, "wb") as f:
+        pickle.dump({"weights": [1.0, 2.0]}, f)
+    with pytest.raises(LinexportError, match="plain Python pickle") as err:
+        load_checkpoint(plain)
+    assert "weights_only=False" not in str(err.value)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"layers.0.w": torch.zeros(1), "payload": _Evil()}, evil)
+    for load in (load_checkpoint, load_flash_pytorch_state_dict):
+        with pytest.raises(LinexportError, match="refuses to unpickle") as err:
+            load(evil)
+        assert "weights_only" not in str(err.value) and "Weights only load failed" not in str(err.value)
+    with pytest.raises(LinexportError, match="plain Python pickle"):
+        load_flash_pytorch_state_dict(plain)
