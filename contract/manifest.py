@@ -82,6 +82,7 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LinexportError(f"{path} is not valid JSON ({e}); re-export with `linexport onnx`") from None
     validate_manifest(data, where=str(path))
+    check_confined(root, data)
     if verify_hashes:
         for name in GRAPHS:
             graph = data["graphs"][name]
@@ -90,6 +91,40 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
         for entry in tokenizer_files(data):
             _check_file(root, entry["file"], entry["sha256"])
     return data
+
+
+def check_confined(root, data: dict) -> None:
+    """Every file a validated manifest names, and every external-data file its graphs reference,
+    lies inside ``root`` once symlinks are resolved; a graph references only external files the
+    manifest lists (with their sha256). Run before any parser sees a graph: TensorRT's parser
+    follows a graph's references wherever they point."""
+    from linexport.contract.onnx_refs import external_data_files
+
+    root = Path(root)
+    real_root = root.resolve()
+
+    def inside(file: str, what: str):
+        path = (root / file).resolve()
+        if path != real_root and real_root not in path.parents:
+            raise LinexportError(f"expected {what} {file!r} to lie inside {real_root}, but it resolves to "
+                                 f"{path}; an export must be self-contained: re-export it")
+
+    for name in GRAPHS:
+        graph = data["graphs"][name]
+        inside(graph["file"], f"the {name} graph")
+        listed = {PurePosixPath(e["file"]).as_posix() for e in graph["external_data"]}
+        for file in sorted(listed):
+            inside(file, f"the {name} graph's external data")
+        graph_path = root / graph["file"]
+        if graph_path.is_file():  # a missing graph is reported by the hash check or the loader
+            referenced = {PurePosixPath(f).as_posix() for f in external_data_files(graph_path)}
+            unlisted = sorted(referenced - listed)
+            if unlisted:
+                raise LinexportError(f"expected the {name} graph to reference only the external data "
+                                     f"{MANIFEST_NAME} lists ({sorted(listed)}), got references to "
+                                     f"{unlisted}; the export was altered: re-export it")
+    for entry in [*tokenizer_files(data), *engine_files(data)]:
+        inside(entry["file"], "the file")
 
 
 def tokenizer_files(data: dict) -> list[dict]:
