@@ -74,6 +74,9 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
     every graph file named there exists and matches its recorded sha256."""
     root = Path(root)
     path = root / MANIFEST_NAME
+    if root.exists() and not root.is_dir():
+        raise LinexportError(f"expected an export directory holding {MANIFEST_NAME}, got the file {root}; "
+                             "pass the directory `linexport onnx -o DIR` wrote (default linexport-out)")
     if not path.is_file():
         raise LinexportError(f"expected an export directory holding {MANIFEST_NAME}, got {root} "
                              f"(no {path.name} there); create one with `linexport onnx -o {root}`")

@@ -103,6 +103,7 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
     out = Path(out)
     trt = import_tensorrt(options.target)  # first: no re-export for a build that cannot run
     manifest = load_manifest(out)
+    _check_writable(out)  # before minutes of building, not after
     report = BuildReport(manifest)
     if options.precision and options.precision != manifest["precision"]:
         report.reexported = _reexport(out, manifest, options.precision, log)
@@ -144,6 +145,19 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
 
 
 # -- steps ------------------------------------------------------------------------------------
+def _check_writable(out: Path):
+    """The engines and the updated manifest are written into OUT: try it before building."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise LinexportError(f"expected the export directory {out} to be writable (the engines and the "
+                             f"manifest are written into it), got {type(e).__name__}: {e.strerror or e}; "
+                             "copy the export somewhere writable, or fix its permissions") from None
+
+
 def _reexport(out: Path, manifest: dict, precision: str, log) -> str:
     from linexport.export.exporter import export_checkpoint, source_record
 

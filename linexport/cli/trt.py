@@ -12,8 +12,8 @@ from linexport.cli.common import auto_target, target_option
 
 @click.command("trt")
 @click.argument("out", type=click.Path(path_type=Path), default=Path("linexport-out"))
-@click.option("--fp16", "precision", flag_value="fp16", help="Build from fp16 graphs (re-exports OUT if it is fp32).")
-@click.option("--fp32", "precision", flag_value="fp32", help="Build from fp32 graphs (re-exports OUT if it is fp16).")
+@click.option("--fp16", is_flag=True, help="Build from fp16 graphs (re-exports OUT if it is fp32).")
+@click.option("--fp32", is_flag=True, help="Build from fp32 graphs (re-exports OUT if it is fp16).")
 @target_option
 @click.option("--plugin-lib", type=click.Path(path_type=Path), default=None,
               help="Our TensorRT plugin library (default: found in build/ or $LINEXPORT_PLUGIN_LIB).")
@@ -27,7 +27,7 @@ from linexport.cli.common import auto_target, target_option
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="Read and update this timing cache file (TensorRT target) to speed up rebuilds.")
 @click.option("--tf32", is_flag=True, help="Allow TF32 for fp32 matmuls (faster, ~1e-3 relative error).")
-def command(out, precision, target, plugin_lib, min_batch, opt_batch, max_batch, opt_seq, max_seq,
+def command(out, fp16, fp32, target, plugin_lib, min_batch, opt_batch, max_batch, opt_seq, max_seq,
             workspace_mb, timing_cache, tf32):
     """Build TensorRT engines for the export in OUT (default: linexport-out, where
     `linexport onnx` writes) and record them in its manifest."""
@@ -38,6 +38,9 @@ def command(out, precision, target, plugin_lib, min_batch, opt_batch, max_batch,
     def log(message):
         click.echo(f"[{time.perf_counter() - start:6.1f}s] {message}", err=True)
 
+    if fp16 and fp32:
+        raise click.UsageError("expected at most one of --fp16 and --fp32, got both")
+    precision = "fp16" if fp16 else "fp32" if fp32 else None
     target = auto_target(target)
     options = EngineOptions(target=target, precision=precision, min_batch=min_batch, opt_batch=opt_batch,
                             max_batch=max_batch, opt_seq=opt_seq, max_seq=max_seq, workspace_mb=workspace_mb,
