@@ -43,12 +43,14 @@ target_option = click.option(
 
 
 def print_checks(checks) -> bool:
-    """Prints ``export.checks.Check`` rows as a table; True when all passed."""
+    """Prints ``contract.checks.Check`` rows as a table; True when all passed."""
+    # The tolerance applies to the relative error: the two stand side by side; the absolute
+    # error is for information only.
     width = max(len(c.what) for c in checks)
-    click.echo(f"{'check'.ljust(width)}  {'max abs':>10}  {'max rel':>10}  {'rel tol':>10}")
+    click.echo(f"{'check'.ljust(width)}  {'rel err':>10}  {'<= rel tol':>10}        {'(abs err)':>10}")
     for c in checks:
-        mark = "ok" if c.ok else click.style("FAIL", fg="red")
-        click.echo(f"{c.what.ljust(width)}  {c.abs_err:10.3e}  {c.rel_err:10.3e}  {c.tol:10.3e}  {mark}")
+        mark = "ok  " if c.ok else click.style("FAIL", fg="red")
+        click.echo(f"{c.what.ljust(width)}  {c.rel_err:10.3e}  {c.tol:10.3e}  {mark}  {c.abs_err:10.3e}")
     failed = [c for c in checks if not c.ok]
     if failed:
         click.secho(f"{len(failed)} of {len(checks)} checks failed", fg="red", err=True)

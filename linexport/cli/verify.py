@@ -11,13 +11,14 @@ from linexport.cli.common import print_checks
 
 
 @click.command("verify")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path), default=Path("linexport-out"))
 @click.option("--steps", type=click.IntRange(min=0), default=8, show_default=True,
               help="Decode steps after prefill to compare.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="The source checkpoint, if it moved since export (default: the path in the manifest).")
 def command(out: Path, steps: int, model: Path | None):
-    """Check OUT's prefill/decode graphs against the checkpoint they were exported from."""
+    """Check OUT's prefill/decode graphs (default: linexport-out, where `linexport onnx` writes)
+    against the checkpoint they were exported from."""
     from linexport.export.verify import verify_export
 
     checks = verify_export(out, steps=steps, checkpoint=model, log=lambda m: click.echo(m, err=True))

@@ -61,10 +61,12 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert "error:" in result.output and "Traceback" not in result.output
 
 
-def test_demo_reports_what_it_generated_and_compare_defaults_to_the_backends_device(tmp_path):
+def test_demo_reports_what_it_generated_and_compare_defaults_to_the_backends_device(tmp_path, monkeypatch):
     """demo counts the tokens the sequence generated (not --max-new-tokens); compare's --device
-    follows the backend (cpu for ort), so `compare OUT --backend ort` runs without a GPU."""
-    out = tmp_path / "out"
+    follows the backend (cpu for ort), so `compare OUT --backend ort` runs without a GPU; verify
+    defaults to linexport-out like the other commands and prints each error beside its tolerance."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "linexport-out"
     runner = CliRunner()
     result = runner.invoke(main, ["demo", "-o", str(out), "--prompt", "import os", "--temperature", "0",
                                   "--max-new-tokens", "200", "--stop-token", "10"])
@@ -77,6 +79,14 @@ def test_demo_reports_what_it_generated_and_compare_defaults_to_the_backends_dev
     result = runner.invoke(main, ["compare", str(out), "--backend", "ort", "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert "ort on cpu" in result.output and "checks passed" in result.output
+
+    result = runner.invoke(main, ["verify", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if line.startswith("check"))
+    assert header.split()[1:] == ["rel", "err", "<=", "rel", "tol", "(abs", "err)"]
+    for row in result.stdout.splitlines()[1:-1]:
+        rel, tol, mark = row.split()[-4:-1]
+        assert mark == "ok" and float(rel) <= float(tol), row
 
 
 def test_trt_offers_only_the_precisions_it_builds():
