@@ -1,30 +1,29 @@
 """PyTorch reference models: the source of every export.
 
-``ARCHS`` maps an architecture name to its model class; checkpoints name their arch.
+models/registry.py lists the architectures; checkpoints name their arch. Importing this package
+is cheap (no torch): the model classes load on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from linexport.models.base import CausalLM, StateSpec
+from linexport.models.registry import ARCHS
 
-_ARCH_CLASSES = {
-    "linear": ("linexport.models.linear", "LinearLM"),
-    "flash": ("linexport.models.flash", "FlashLM"),
-    "softmax": ("linexport.models.softmax", "SoftmaxLM"),
-    "reformer": ("linexport.models.reformer", "ReformerLM"),
-}
-ARCH_NAMES = tuple(_ARCH_CLASSES)
+if TYPE_CHECKING:
+    from linexport.models.base import CausalLM
+
+ARCH_NAMES = tuple(ARCHS)
 
 
 def model_class(arch: str) -> type[CausalLM]:
     from linexport.errors import LinexportError
 
-    if arch not in _ARCH_CLASSES:
+    if arch not in ARCHS:
         raise LinexportError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCH_NAMES)}")
-    module, name = _ARCH_CLASSES[arch]
-    return getattr(importlib.import_module(module), name)
+    entry = ARCHS[arch]
+    return getattr(importlib.import_module(entry.module), entry.class_name)
 
 
 def build_model(arch: str, config: dict) -> CausalLM:
@@ -33,6 +32,15 @@ def build_model(arch: str, config: dict) -> CausalLM:
 
     cls = model_class(arch)
     return cls(config_from_dict(cls.config_class, config))
+
+
+def __getattr__(name):
+    # CausalLM and StateSpec import torch: only when asked for.
+    if name in ("CausalLM", "StateSpec"):
+        from linexport.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ARCH_NAMES", "CausalLM", "StateSpec", "build_model", "model_class"]

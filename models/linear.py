@@ -15,39 +15,26 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
 
 from linexport.models.base import StateSpec
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, RotaryQKV
+from linexport.models.layers import RotaryQKV
 from linexport.models.ops.linear_attention import (chunk_causal_linear_attention,
                                                    step_causal_linear_attention)
 from linexport.models.ops.naive import feature_map
-from linexport.models.token_lm import TokenLM
+from linexport.models.token_lm import TokenLM, TokenLMConfig
 
 
 @dataclass
-class LinearConfig:
-    vocab_size: int = 256
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    head_dim: int = 64
-    d_ff: int = 1024
+class LinearConfig(TokenLMConfig):
     feature_map: Literal["elu", "relu"] = "elu"
     eps: float = 1e-6
-    pos_emb: Literal["rotary", "learned"] = "rotary"
-    rotary_base: float = 10000.0
-    max_seq_len: int = 4096  # learned positions only; rotary has no limit
-    tie_embeddings: bool = True
-    norm_eps: float = 1e-5
     chunk_size: int = 64  # parallel form only; results do not depend on it
 
+    positive_fields = TokenLMConfig.positive_fields + ("chunk_size",)
+
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff",
-                     "max_seq_len", "chunk_size"):
-            require(getattr(self, name) >= 1, f"config LinearConfig.{name} must be >= 1, got "
-                                              f"{getattr(self, name)}")
+        super().__post_init__()
         require(self.eps > 0, f"config LinearConfig.eps must be > 0, got {self.eps}")
 
 
@@ -73,49 +60,27 @@ class LinearAttention(RotaryQKV):
         return self.out(o.flatten(1)), state
 
 
-class Block(nn.Module):
-    def __init__(self, config: LinearConfig):
-        super().__init__()
-        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = LinearAttention(config)
-        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = MLP(config.d_model, config.d_ff)
+class ShellLinearAttention(LinearAttention):
+    """LinearAttention in the shell's layer contract (models/token_lm.py): the state as {"kv": S}.
+    LinearAttention itself keeps plain tensors in and out, as the ops and their oracles do."""
 
     def forward(self, x, mask, cos, sin):
-        a, state = self.attn(self.norm1(x), mask, cos, sin)
-        x = x + a
-        return x + self.mlp(self.norm2(x)), state
+        y, kv = super().forward(x, mask, cos, sin)
+        return y, {"kv": kv}
 
-    def step(self, x, state, cos, sin):
-        a, state = self.attn.step(self.norm1(x), state, cos, sin)
-        x = x + a
-        return x + self.mlp(self.norm2(x)), state
+    def step(self, x, state, position, cos, sin):
+        y, kv = super().step(x, state["kv"], cos, sin)  # the state needs no position
+        return y, {"kv": kv}
 
 
 class LinearLM(TokenLM):
     arch = "linear"
     config_class = LinearConfig
-
-    def __init__(self, config: LinearConfig):
-        super().__init__(config, [Block(config) for _ in range(config.n_layers)])
+    attention = ShellLinearAttention
+    state_names = ("kv",)
 
     def state_specs(self):
         c = self.config
         return [StateSpec(f"{i}.kv", ("batch", c.n_heads, c.head_dim, c.head_dim + 1), torch.float32,
                           "numerator S = Σ φ(k) vᵀ with normaliser z = Σ φ(k) as last column")
                 for i in range(c.n_layers)]
-
-    def forward(self, input_ids, lengths=None, return_state=False):
-        x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)
-        states = {}
-        for i, block in enumerate(self.blocks):
-            x, states[f"{i}.kv"] = block(x, mask, cos, sin)
-        logits = self.logits(x)
-        return (logits, states) if return_state else logits
-
-    def step(self, input_ids, position, state):
-        x, cos, sin = self.step_inputs(input_ids, position)
-        new_state = {}
-        for i, block in enumerate(self.blocks):
-            x, new_state[f"{i}.kv"] = block.step(x, state[f"{i}.kv"], cos, sin)
-        return self.logits(x), new_state

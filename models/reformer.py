@@ -17,41 +17,27 @@ so that an fp16 copy of the model hashes exactly like the fp32 one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, apply_rotary
+from linexport.models.layers import apply_rotary
 from linexport.models.ops.lsh_attention import chunk_lsh_attention, step_lsh_attention
-from linexport.models.softmax import _check_step
-from linexport.models.token_lm import TokenLM, kv_cache_specs
+from linexport.models.token_lm import Block, KVCacheLM, TokenLMConfig
 
 
 @dataclass
-class ReformerConfig:
-    vocab_size: int = 256
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    head_dim: int = 64
-    d_ff: int = 1024
+class ReformerConfig(TokenLMConfig):
     n_hashes: int = 2
     n_buckets: int = 8  # even: a rotation gives n_buckets / 2 projections and their negations
     bucket_size: int = 32  # the chunk length inside a sorted bucket
-    pos_emb: Literal["rotary", "learned"] = "rotary"
-    rotary_base: float = 10000.0
-    max_seq_len: int = 4096  # learned positions only
-    tie_embeddings: bool = True
-    norm_eps: float = 1e-5
+
+    positive_fields = TokenLMConfig.positive_fields + ("n_hashes", "bucket_size")
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff", "n_hashes",
-                     "bucket_size", "max_seq_len"):
-            require(getattr(self, name) >= 1, f"config ReformerConfig.{name} must be >= 1, got "
-                                              f"{getattr(self, name)}")
+        super().__post_init__()
         require(self.n_buckets >= 2 and self.n_buckets % 2 == 0,
                 f"config ReformerConfig.n_buckets must be even and >= 2, got {self.n_buckets}")
 
@@ -78,39 +64,42 @@ class LSHAttention(nn.Module):
         return q, F.normalize(q.float(), dim=-1), v
 
     def forward(self, x, mask, cos, sin):
-        """x [B, T, C], mask [B, T] -> (y [B, T, C], key, value [B, H, T, D] fp32, zero-padded)."""
+        """x [B, T, C], mask [B, T] -> (y [B, T, C], {key, value: [B, H, T, D] fp32, zero-padded})."""
         c = self.config
         q, k_hat, v = self._qkv(x, cos, sin)
         o = chunk_lsh_attention(q, k_hat, v, self.rotations, c.n_buckets, c.bucket_size)
         B, H, T, D = o.shape
         keep = mask[:, None, :, None].to(torch.float32)
-        return self.out(o.transpose(1, 2).reshape(B, T, H * D)), k_hat * keep, v.float() * keep
+        return self.out(o.transpose(1, 2).reshape(B, T, H * D)), {"key": k_hat * keep,
+                                                                  "value": v.float() * keep}
 
-    def step(self, x, position, key, value, cos, sin):
+    def step(self, x, state, position, cos, sin):
         c = self.config
         q, k_hat, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))
-        o, key, value = step_lsh_attention(q, k_hat, v, key, value, position, self.rotations,
-                                           c.n_buckets, c.bucket_size)
-        return self.out(o.flatten(1)), key, value
+        o, key, value = step_lsh_attention(q, k_hat, v, state["key"], state["value"], position,
+                                           self.rotations, c.n_buckets, c.bucket_size)
+        return self.out(o.flatten(1)), {"key": key, "value": value}
 
 
-class ReversibleBlock(nn.Module):
-    def __init__(self, config: ReformerConfig):
-        super().__init__()
-        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = LSHAttention(config)
-        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = MLP(config.d_model, config.d_ff)
+class ReversibleBlock(Block):
+    """The shell's block with reversible wiring: the stream is a pair (x1, x2) and
+    y1 = x1 + Attn(norm1(x2)), y2 = x2 + MLP(norm2(y1))."""
 
-    def forward(self, x1, x2, mask, cos, sin):
-        a, key, value = self.attn(self.norm1(x2), mask, cos, sin)
-        y1 = x1 + a
-        return y1, x2 + self.mlp(self.norm2(y1)), key, value
+    @staticmethod
+    def streams(x):
+        return x, x
 
-    def step(self, x1, x2, position, key, value, cos, sin):
-        a, key, value = self.attn.step(self.norm1(x2), position, key, value, cos, sin)
-        y1 = x1 + a
-        return y1, x2 + self.mlp(self.norm2(y1)), key, value
+    @staticmethod
+    def merge(h):
+        return (h[0] + h[1]) * 0.5
+
+    @staticmethod
+    def attn_input(h):
+        return h[1]
+
+    def combine(self, h, a):
+        y1 = h[0] + a
+        return y1, h[1] + self.mlp(self.norm2(y1))
 
 
 class _ReversibleStack(torch.autograd.Function):
@@ -122,7 +111,7 @@ class _ReversibleStack(torch.autograd.Function):
     def forward(ctx, x1, x2, blocks, mask, cos, sin):
         with torch.no_grad():
             for block in blocks:
-                x1, x2, _, _ = block(x1, x2, mask, cos, sin)
+                (x1, x2), _ = block((x1, x2), mask, cos, sin)
         ctx.blocks, ctx.extra = blocks, (mask, cos, sin)
         ctx.save_for_backward(x1, x2)
         return x1, x2
@@ -137,39 +126,23 @@ class _ReversibleStack(torch.autograd.Function):
                 x1 = y1 - block.attn(block.norm1(x2), mask, cos, sin)[0]
             with torch.enable_grad():
                 x1, x2 = x1.detach().requires_grad_(), x2.detach().requires_grad_()
-                r1, r2, _, _ = block(x1, x2, mask, cos, sin)
+                (r1, r2), _ = block((x1, x2), mask, cos, sin)
                 torch.autograd.backward((r1, r2), (dy1, dy2))
             dy1, dy2, y1, y2 = x1.grad, x2.grad, x1.detach(), x2.detach()
         return dy1, dy2, None, None, None, None
 
 
-class ReformerLM(TokenLM):
+class ReformerLM(KVCacheLM):
     arch = "reformer"
     config_class = ReformerConfig
-
-    def __init__(self, config: ReformerConfig):
-        super().__init__(config, [ReversibleBlock(config) for _ in range(config.n_layers)])
-
-    def state_specs(self):
-        return kv_cache_specs(self.config, "unit keys k̂ = q/|q| of every token so far")
+    attention = LSHAttention
+    block = ReversibleBlock
+    key_doc = "unit keys k̂ = q/|q| of every token so far"
 
     def forward(self, input_ids, lengths=None, return_state=False):
+        if return_state or not (self.training and torch.is_grad_enabled()):
+            return super().forward(input_ids, lengths, return_state)
+        # Training: no per-layer activations kept; the backward pass rebuilds them.
         x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)
-        states = {}
-        if self.training and torch.is_grad_enabled() and not return_state:
-            x1, x2 = _ReversibleStack.apply(x, x, self.blocks, mask, cos, sin)
-        else:
-            x1, x2 = x, x
-            for i, block in enumerate(self.blocks):
-                x1, x2, states[f"{i}.key"], states[f"{i}.value"] = block(x1, x2, mask, cos, sin)
-        logits = self.logits((x1 + x2) * 0.5)
-        return (logits, states) if return_state else logits
-
-    def step(self, input_ids, position, state):
-        _check_step(self.config, position, state["0.key"])
-        x, cos, sin = self.step_inputs(input_ids, position)
-        x1, x2, new_state = x, x, {}
-        for i, block in enumerate(self.blocks):
-            x1, x2, new_state[f"{i}.key"], new_state[f"{i}.value"] = block.step(
-                x1, x2, position, state[f"{i}.key"], state[f"{i}.value"], cos, sin)
-        return self.logits((x1 + x2) * 0.5), new_state
+        x1, x2 = _ReversibleStack.apply(x, x, self.blocks, mask, cos, sin)
+        return self.logits(self.block.merge((x1, x2)))

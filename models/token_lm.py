@@ -1,24 +1,107 @@
-"""The shell shared by the block-structured archs (linear, softmax, reformer): token embeddings,
-positions (rotary angles, or learned embeddings added to the input), the final norm and the
-(optionally tied) LM head. Each arch adds its blocks, its attention and its state.
+"""The shell shared by the block-structured archs (linear, softmax, reformer): their common config,
+token embeddings, positions (rotary angles, or learned embeddings added to the input), the
+pre-norm block, the loop over blocks in parallel and step form, the final norm and the
+(optionally tied) LM head.
 
-Positions are rotary (applied to q and k inside attention) or learned (``max_seq_len`` of
-them). The config must have vocab_size, d_model, head_dim, pos_emb, rotary_base, max_seq_len,
-tie_embeddings and norm_eps.
+An arch supplies its config (a ``TokenLMConfig`` subclass), its attention class and the names of
+its per-layer state. The attention's contract, written once here for every arch:
+
+    forward(x [B, T, C], mask [B, T] bool, cos, sin) -> (y [B, T, C], {state name: tensor})
+    step(x [B, C], {state name: tensor}, position [B], cos, sin) -> (y [B, C], {state name: tensor})
+
+``cos``/``sin`` are the rotary angles [B, 1, T, D/2] (None with learned positions).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from linexport.errors import LinexportError
 from linexport.models.base import PAST_SEQ, CausalLM, StateSpec, check_input_ids, length_mask
-from linexport.models.layers import RMSNorm, rotary_angles
+from linexport.models.config import require
+from linexport.models.layers import MLP, RMSNorm, rotary_angles
+
+
+@dataclass
+class TokenLMConfig:
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    head_dim: int = 64
+    d_ff: int = 1024
+    pos_emb: Literal["rotary", "learned"] = "rotary"
+    rotary_base: float = 10000.0
+    max_seq_len: int = 4096  # learned positions only; rotary has no limit
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+
+    # The fields that must be >= 1; a subclass appends its own.
+    positive_fields: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff", "max_seq_len")
+
+    def __post_init__(self):
+        for name in self.positive_fields:
+            require(getattr(self, name) >= 1, f"config {type(self).__name__}.{name} must be >= 1, "
+                                              f"got {getattr(self, name)}")
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + Attn(norm1(x)), then x + MLP(norm2(x)). ``attn_input`` and
+    ``combine`` are the residual wiring, so a block with other wiring overrides only those."""
+
+    def __init__(self, config: TokenLMConfig, attention: type[nn.Module]):
+        super().__init__()
+        self.norm1 = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = attention(config)
+        self.norm2 = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config.d_model, config.d_ff)
+
+    def forward(self, x, mask, cos, sin):
+        a, state = self.attn(self.norm1(self.attn_input(x)), mask, cos, sin)
+        return self.combine(x, a), state
+
+    def step(self, x, state, position, cos, sin):
+        a, state = self.attn.step(self.norm1(self.attn_input(x)), state, position, cos, sin)
+        return self.combine(x, a), state
+
+    # -- the residual wiring ------------------------------------------------------------------
+    @staticmethod
+    def streams(x):
+        """The embeddings -> what flows between blocks (here the one residual stream)."""
+        return x
+
+    @staticmethod
+    def merge(h):
+        """What flows between blocks -> the input of the final norm."""
+        return h
+
+    @staticmethod
+    def attn_input(h):
+        return h
+
+    def combine(self, h, a):
+        """The stream and the attention output -> the block's output."""
+        h = h + a
+        return h + self.mlp(self.norm2(h))
 
 
 class TokenLM(CausalLM):
-    def __init__(self, config, blocks):
+    """Subclasses set ``arch``, ``config_class``, ``attention`` and ``state_names`` and implement
+    ``state_specs``; ``block`` may be swapped for one with other residual wiring."""
+
+    attention: ClassVar[type[nn.Module]]
+    state_names: ClassVar[tuple[str, ...]]  # one layer's state, e.g. ("kv",) -> "0.kv", "1.kv", ...
+    block: ClassVar[type[Block]] = Block
+
+    def __init__(self, config: TokenLMConfig):
+        # Blocks first: buffers drawn at construction (Reformer's rotations) then come from the
+        # same random stream as always, so a seeded model is what it was.
+        blocks = [self.block(config, self.attention) for _ in range(config.n_layers)]
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.pos_emb == "learned":
@@ -29,6 +112,34 @@ class TokenLM(CausalLM):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.apply(_init_weights)
+
+    def forward(self, input_ids, lengths=None, return_state=False):
+        x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)
+        h, states = self.block.streams(x), {}
+        for i, block in enumerate(self.blocks):
+            h, layer = block(h, mask, cos, sin)
+            states.update({f"{i}.{name}": layer[name] for name in self.state_names})
+        logits = self.logits(self.block.merge(h))
+        return (logits, states) if return_state else logits
+
+    def step(self, input_ids, position, state):
+        self.check_step(position, state)
+        x, cos, sin = self.step_inputs(input_ids, position)
+        h, new_state = self.block.streams(x), {}
+        for i, block in enumerate(self.blocks):
+            layer = {name: state[f"{i}.{name}"] for name in self.state_names}
+            h, layer = block.step(h, layer, position, cos, sin)
+            new_state.update({f"{i}.{name}": layer[name] for name in self.state_names})
+        return self.logits(self.block.merge(h)), new_state
+
+    def check_step(self, position, state):
+        """Eager-only checks of a step's inputs; positions past the learned ones have no embedding."""
+        c = self.config
+        if c.pos_emb != "learned" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if int(position.max()) >= c.max_seq_len:
+            raise LinexportError(f"position {int(position.max())} exceeds this model's learned "
+                                 f"positions (max_seq_len={c.max_seq_len}); use shorter inputs")
 
     def parallel_inputs(self, input_ids, lengths):
         """Checks input_ids [B, T] and lengths [B]; returns (x [B, T, C], mask [B, T] bool,
@@ -60,15 +171,31 @@ class TokenLM(CausalLM):
         return x, cos.unsqueeze(1), sin.unsqueeze(1)
 
 
-def kv_cache_specs(config, key_doc: str) -> list[StateSpec]:
-    """The KV-cache state of the softmax-style baselines: ``{layer}.key`` / ``{layer}.value``,
-    fp32 [batch, heads, past_seq, head_dim], one entry per token so far."""
-    shape = ("batch", config.n_heads, PAST_SEQ, config.head_dim)
-    specs = []
-    for i in range(config.n_layers):
-        specs.append(StateSpec(f"{i}.key", shape, torch.float32, key_doc))
-        specs.append(StateSpec(f"{i}.value", shape, torch.float32, "values of every token so far"))
-    return specs
+class KVCacheLM(TokenLM):
+    """A TokenLM whose layer state is a KV cache (the baselines): ``{layer}.key`` /
+    ``{layer}.value`` fp32 [B, H, past_seq, D], one entry per token so far, zeros at padding."""
+
+    state_names = ("key", "value")
+    key_doc: ClassVar[str]  # what the cached keys are, for the state specs
+
+    def state_specs(self):
+        c = self.config
+        shape = ("batch", c.n_heads, PAST_SEQ, c.head_dim)
+        specs = []
+        for i in range(c.n_layers):
+            specs.append(StateSpec(f"{i}.key", shape, torch.float32, self.key_doc))
+            specs.append(StateSpec(f"{i}.value", shape, torch.float32, "values of every token so far"))
+        return specs
+
+    def check_step(self, position, state):
+        """A position past the cache would write nowhere and read padding (eager only)."""
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            L = state["0.key"].shape[2]
+            if int(position.min()) < 0 or int(position.max()) > L:
+                raise LinexportError(
+                    f"expected positions in [0, {L}] (the cache holds {L} entries), got "
+                    f"{position.tolist()}; pass each sequence's token count as its position")
+        super().check_step(position, state)
 
 
 def _init_weights(module):

@@ -17,19 +17,11 @@ import torch
 
 from linexport.errors import LinexportError
 from linexport.models import build_model
+from linexport.models.registry import ARCHS
 from linexport.models.checkpoint import save_checkpoint
 
-# Small enough to train in minutes on two CPU cores and ship inside the package (< 5 MB).
-DEMO_CONFIGS = {
-    "linear": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512,
-                   chunk_size=64),
-    "flash": dict(vocab_size=256, d_model=128, n_layers=6, qk_dim=64, expansion=2.0, chunk_size=64,
-                  rotary_dim=32),
-    # The baseline: the linear demo's sizes, parameter for parameter, with softmax attention.
-    "softmax": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512),
-    "reformer": dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, head_dim=32, d_ff=512, n_hashes=2,
-                     n_buckets=8, bucket_size=32),
-}
+# What `linexport train --arch NAME` trains (the bundled demo models' sizes): models/registry.py.
+DEMO_CONFIGS = {name: arch.demo_config for name, arch in ARCHS.items()}
 
 
 def python_corpus(max_bytes: int = 8 << 20, seed: int = 0) -> np.ndarray:

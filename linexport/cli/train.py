@@ -4,9 +4,11 @@ from pathlib import Path
 
 import click
 
+from linexport.models import ARCH_NAMES
+
 
 @click.command("train")
-@click.option("--arch", type=click.Choice(["linear", "flash", "softmax", "reformer"]), default="linear", show_default=True)
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default="linear", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Checkpoint to write (.pt or .safetensors).")
 @click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True)

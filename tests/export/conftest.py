@@ -12,42 +12,25 @@ from linexport.export.exporter import export_checkpoint
 from linexport.export.lowerings import apply_lowering, with_function_body
 from linexport.export.opset import convert_opset
 from linexport.contract.op_spec import DEFAULT_OPSET
+from linexport.models import build_model
 from linexport.models.checkpoint import save_checkpoint
+from linexport.models.registry import ARCHS as REGISTRY, TEST_CHUNK
 
-PREFILL_CHUNK = 16  # the test models' chunk_size: T = 37 spans three chunks, the last partial
+PREFILL_CHUNK = TEST_CHUNK  # the test models' chunk_size: T = 37 spans three chunks, the last partial
 DECODE_CHUNK = 1
 LOWERINGS = ("function", "plugin", "standard")
 DTYPES = ("fp32", "fp16")
 
 
-ARCHS = ("linear", "flash", "softmax", "reformer")
-KV_CACHE_ARCHS = ("softmax", "reformer")  # the baselines: their state is a growing KV cache
+ARCHS = tuple(REGISTRY)
+KV_CACHE_ARCHS = tuple(name for name, arch in REGISTRY.items() if arch.kv_cache)  # the baselines
 
 
 def make_model(arch: str):
-    """A tiny randomly initialised model with odd sizes, weights scaled up so attention is far
-    from uniform (errors then show)."""
+    """The registry's tiny model of ``arch`` (odd sizes), randomly initialised, weights scaled up
+    so attention is far from uniform (errors then show)."""
     torch.manual_seed(1234)
-    if arch == "linear":
-        from linexport.models.linear import LinearConfig, LinearLM
-
-        model = LinearLM(LinearConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
-                                      d_ff=56, chunk_size=PREFILL_CHUNK))
-    elif arch == "softmax":  # the linear model's sizes: the baseline has the same parameters
-        from linexport.models.softmax import SoftmaxConfig, SoftmaxLM
-
-        model = SoftmaxLM(SoftmaxConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
-                                        d_ff=56))
-    elif arch == "reformer":  # small buckets and chunks: at T = 37 most keys fall outside a window
-        from linexport.models.reformer import ReformerConfig, ReformerLM
-
-        model = ReformerLM(ReformerConfig(vocab_size=256, d_model=40, n_layers=2, n_heads=3, head_dim=15,
-                                          d_ff=56, n_hashes=2, n_buckets=4, bucket_size=4))
-    else:
-        from linexport.models.flash import FlashConfig, FlashLM
-
-        model = FlashLM(FlashConfig(vocab_size=256, d_model=40, n_layers=2, qk_dim=12, rotary_dim=8,
-                                    expansion=1.5, chunk_size=PREFILL_CHUNK))
+    model = build_model(arch, REGISTRY[arch].test_config)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
