@@ -8,7 +8,8 @@ import torch
 
 from linexport.errors import LinexportError
 from linexport.models.linear import LinearConfig, LinearLM
-from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
+from linexport.models.ops.causal_linear_attention import feature_map
+from linexport.models.ops.causal_linear_attention.naive import naive_causal_linear_attention
 from tests.conftest import rel_err, run_steps
 
 CHUNK = 16

@@ -9,7 +9,7 @@ from linexport.errors import LinexportError
 from linexport.models import build_model
 from linexport.models.layers import rotary_angles
 from linexport.models.ops.lsh_attention import chunk_lsh_attention, lsh_buckets
-from linexport.models.ops.naive import naive_lsh_attention
+from linexport.models.ops.lsh_attention.naive import naive_lsh_attention
 from linexport.models.reformer import ReformerConfig, ReformerLM
 from tests.conftest import rel_err, run_steps
 

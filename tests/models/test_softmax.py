@@ -10,7 +10,7 @@ from linexport.models import build_model
 from linexport.models.base import PAST_SEQ
 from linexport.models.layers import rotary_angles
 from linexport.models.linear import LinearConfig, LinearLM
-from linexport.models.ops.naive import naive_causal_softmax_attention
+from linexport.models.ops.softmax_attention.naive import naive_causal_softmax_attention
 from linexport.models.softmax import SoftmaxConfig, SoftmaxLM
 from tests.conftest import rel_err, run_steps
 
