@@ -94,25 +94,35 @@ def _export(tmp: Path, args) -> dict:
 
 def _export_quadratic(model, path: Path) -> Path:
     """The same model with attention as masked T x T products, traced by torch.onnx."""
+    import copy
+
     import onnx
     import torch
 
-    from linexport.export.attention_op import substituted_attention
     from linexport.export.graphs import PrefillGraph, io_names, quiet_exporter
+    from linexport.models.linear import LinearAttention
 
-    def quadratic(q, k, v, eps, chunk_size=64, initial_state=None):  # q, k, v [B, H, T, D]
-        T = q.shape[2]
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        scores = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, T, T]
-        o = (scores @ v) / (scores.sum(-1, keepdim=True) + eps)
-        v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-        return o, k.transpose(-1, -2) @ v1  # the state, so the graph's outputs match
+    class QuadraticAttention(LinearAttention):
+        """LinearAttention's parameters and φ, its attention as masked T x T products."""
 
+        def forward(self, x, mask, cos, sin):  # x [B, T, C], mask [B, T]
+            q, k, v = self._qkv(x, cos, sin)  # [B, H, T, D]
+            k = k * mask[:, None, :, None].to(k.dtype)
+            B, H, T, D = v.shape
+            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            scores = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, T, T]
+            o = (scores @ v) / (scores.sum(-1, keepdim=True) + self.config.eps)
+            v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+            state = k.transpose(-1, -2) @ v1  # the state, so the graph's outputs match
+            return self.out(o.transpose(1, 2).reshape(B, T, H * D)), state
+
+    model = copy.deepcopy(model)
+    for block in model.blocks:
+        block.attn.__class__ = QuadraticAttention  # same module, same weights, other forward
     names = io_names(model)["prefill"]
     dyn = torch.export.Dim.DYNAMIC
     ids, lengths = torch.randint(0, 256, (2, 5)), torch.tensor([5, 3])
-    with substituted_attention("linear", {"chunk_causal_linear_attention": quadratic}), torch.no_grad(), \
-            quiet_exporter():
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(PrefillGraph(model, False), (ids, lengths), dynamo=True,
                                     dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn}), verbose=False,
                                     input_names=names["inputs"], output_names=names["outputs"])

@@ -15,6 +15,7 @@ The spec itself is written once in ``plugins/causal_linear_attention/README.md``
 Nothing here imports torch or onnx: the runtime and the manifest checks read these too.
 """
 
+# The ONNX node.
 DOMAIN = "linexport"
 OP_TYPE = "CausalLinearAttention"
 OP_VERSION = 1
@@ -23,6 +24,21 @@ OUTPUTS = ("output", "present_state")
 ATTR_NUM_HEADS = "num_heads"
 ATTR_EPS = "eps"
 DEFAULT_EPS = 1e-6
+
+# The PyTorch custom op the models call (models/ops/causal_linear_attention/op.py), and the
+# op's name in the manifest's "lowering.ops".
+OP_NAME = "causal_linear_attention"
+TORCH_OP = f"{DOMAIN}::{OP_NAME}"
+
+# The TensorRT plugin (plugins/causal_linear_attention/causal_linear_attention_plugin.h:
+# kPluginName, kPluginVersion, kPluginNamespace, kFieldNumHeads, kFieldEps). TensorRT's ONNX
+# parser finds it by name = op_type, version "1" and namespace "" (README.md there), and fills
+# its fields from the node's attributes of the same names.
+TRT_PLUGIN_NAME = OP_TYPE
+TRT_PLUGIN_VERSION = str(OP_VERSION)
+TRT_PLUGIN_NAMESPACE = ""
+TRT_FIELD_NUM_HEADS = ATTR_NUM_HEADS
+TRT_FIELD_EPS = ATTR_EPS
 
 # Lowerings of the op (one export option) and the opsets each needs.
 LOWERINGS = ("function", "plugin", "standard")

@@ -2,11 +2,12 @@
 
     exporter.export_checkpoint   checkpoint -> OUT/{prefill.onnx, decode.onnx, linexport.json}
     graphs                       tracing a CausalLM into the two graphs of the contract
-    attention_op                 the attention as a torch custom op -> one bare ONNX node
-    lowerings                    that node -> function body / plugin node / opset-27 LinearAttention
+    ops/                         each custom op's export side, one module per op: its translation
+                                 to the bare ONNX node, its function body, its standard lowering
+    lowerings                    applying a lowering: function body / plugin node / opset-27 op
     opset                        moving a traced graph to the requested opset, op by op
-    manifest, op_spec            pure JSON / constants: no torch, no onnx (the runtime reads them)
     ort_session, verify          running an export in ONNX Runtime against the PyTorch model
 
-Nothing is imported here, so ``linexport.contract.manifest`` stays torch-free.
+The models call the custom ops themselves (models/ops/<op>/op.py); the manifest and op spec
+(pure JSON / constants, no torch, no onnx) live in contract/. Nothing is imported here.
 """

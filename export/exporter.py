@@ -22,9 +22,9 @@ import torch
 from linexport import __version__
 from linexport.errors import LinexportError
 from linexport.contract import op_spec
-from linexport.export import attention_op
 from linexport.export.graphs import trace_decode, trace_prefill
 from linexport.export.lowerings import apply_lowering, attention_nodes
+from linexport.export.ops import ops_in_model
 from linexport.export.tokenizer import export_tokenizer
 from linexport.contract.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
                                        format_version_for, io_entry, write_manifest)
@@ -96,18 +96,19 @@ def source_record(checkpoint: Path) -> dict:
 
 def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering: str, opset: int,
                  dtype: str, full_logits: bool, log, threshold: int) -> dict:
+    _check_states(model)
     model = model.eval()
     if dtype == "fp16":
         model = copy.deepcopy(model).half()  # state stays fp32: the ops accumulate in fp32
     chunk = {"prefill": int(getattr(model.config, "chunk_size", 64)), "decode": DECODE_CHUNK}
-    graphs = {}
+    graphs, custom_nodes = {}, {}
     for name, trace in (("prefill", lambda: trace_prefill(model, opset, full_logits)),
                         ("decode", lambda: trace_decode(model, opset))):
         start = time.perf_counter()
         log(f"tracing the {name} graph ({model.arch}, {dtype}, opset {opset})")
         with torch.no_grad():
             proto = trace()
-        _check_attention_nodes(proto, model, name)
+        custom_nodes[name] = len(attention_nodes(proto))  # before a lowering replaces them
         graphs[name] = apply_lowering(proto, lowering, chunk[name])
         log(f"  {name} graph traced in {time.perf_counter() - start:.1f}s")
 
@@ -118,39 +119,48 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
 
     states = [{"name": s.name, "shape": list(s.shape), "dtype": STATE_DTYPE, "doc": s.doc}
               for s in model.state_specs()]
+    # How each attention op appears in the graphs: the custom node in the lowering asked for
+    # (read from the traced graph), any other op of the model as its traced PyTorch body.
+    ops = {op: "traced" for op in ops_in_model(model) if op != op_spec.OP_NAME}
+    if custom_nodes["prefill"]:
+        ops[op_spec.OP_NAME] = lowering
     manifest = {
         "format": FORMAT_TAG, "format_version": format_version_for(states), "linexport_version": __version__,
         "arch": model.arch, "config": model.config_dict(), "vocab_size": int(model.config.vocab_size),
         "tokenizer": export_tokenizer(meta.get("tokenizer"), Path(source["checkpoint"]).parent, tmp),
         "precision": dtype, "opset": opset, "full_logits": full_logits,
-        "lowering": {"option": lowering, "ops": attention_op.lowered_ops(model.arch, lowering)},
+        "lowering": {"option": lowering, "ops": ops},
         "graphs": entries,
         "states": states,
         "source": source,
     }
-    if attention_op.substitutable(model.arch):
+    if custom_nodes["prefill"]:
         manifest["lowering"].update({
             "attention_op": {"domain": op_spec.DOMAIN, "op_type": op_spec.OP_TYPE, "version": op_spec.OP_VERSION},
             "function_chunk": chunk})  # the chunk length of each graph's function body
-    for spec in model.state_specs():
-        assert spec.dtype == torch.float32, f"state {spec.name} must be fp32, got {spec.dtype}"
     write_manifest(manifest, tmp)  # validates the graphs' IO against the contract
     return manifest
 
 
-def _check_attention_nodes(proto: onnx.ModelProto, model: CausalLM, graph: str):
-    found = len(attention_nodes(proto))
-    expected = len(model.state_specs()) if attention_op.substitutable(model.arch) else 0
-    # One node per layer, or the substitution missed a call (e.g. a renamed import in models/).
-    assert found == expected, f"{graph} graph: expected {expected} attention nodes, found {found}"
+def _check_states(model: CausalLM):
+    for spec in model.state_specs():
+        if spec.dtype != torch.float32:
+            raise LinexportError(f"expected every state of {model.arch} to be float32 (the contract's "
+                                 f"{STATE_DTYPE}), got {spec.name} as {spec.dtype}; fix the model's "
+                                 f"state_specs() (and keep the state in fp32)")
+
+
+_BRANCHES = ("If", "Loop", "Scan")
 
 
 def _save_graph(proto: onnx.ModelProto, tmp: Path, name: str, threshold: int) -> dict:
-    for node in proto.graph.node:
-        if node.op_type in ("If", "Loop", "Scan"):
-            raise AssertionError(f"{name} graph has a {node.op_type} node; graphs must be branch-free")
-    for fn in proto.functions:
-        assert not any(n.op_type in ("If", "Loop", "Scan") for n in fn.node), fn.name
+    where = [f"node {n.name or n.op_type}" for n in proto.graph.node if n.op_type in _BRANCHES]
+    where += [f"function {fn.domain}::{fn.name}" for fn in proto.functions
+              if any(n.op_type in _BRANCHES for n in fn.node)]
+    if where:
+        raise LinexportError(f"expected a branch-free {name} graph (no {'/'.join(_BRANCHES)}), got "
+                             f"{', '.join(where)}: the model's forward or step has data-dependent "
+                             f"control flow; write it with masks or torch.where instead")
     path = tmp / f"{name}.onnx"
     external = []
     if _weight_bytes(proto) > threshold:

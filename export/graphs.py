@@ -5,9 +5,10 @@
     decode:  input_ids int64 [batch, 1], position int64 [batch], past.{layer}.{name}
              -> logits [batch, vocab], present.{layer}.{name}
 
-The model's attention calls become the bare custom node (export/attention_op.py); lowerings
-are applied afterwards (export/lowerings.py). State names and shapes come from
-``model.state_specs()``, so every architecture goes through the same code.
+The models call the attention ops that export as custom nodes themselves
+(torch.ops.linexport.*); the translation table (export/ops/) turns each call into the bare
+node, whatever the arch. Lowerings are applied afterwards (export/lowerings.py). State names
+and shapes come from ``model.state_specs()``, so every architecture goes through the same code.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import onnx
 import torch
 from torch import nn
 
-from linexport.export import attention_op
 from linexport.contract import graph_io
 from linexport.contract.manifest import PRESENT_SEQ
+from linexport.export import ops
 from linexport.export.opset import convert_opset
+from linexport.export.ops import causal_linear_attention
 from linexport.models.base import PAST_SEQ, CausalLM
 
 # torch.export needs example inputs; these sizes avoid the 0/1 specialisation of dynamic dims.
@@ -65,7 +67,7 @@ def trace_prefill(model: CausalLM, opset: int, full_logits: bool) -> onnx.ModelP
     lengths = torch.tensor([_EXAMPLE_SEQ, _EXAMPLE_SEQ - 2])
     dyn = torch.export.Dim.DYNAMIC  # a named Dim with min/max fails on the padded chunk length
     proto = _export(PrefillGraph(model, full_logits), (ids, lengths), names,
-                    ({0: dyn, 1: dyn}, {0: dyn}), model.arch, opset)
+                    ({0: dyn, 1: dyn}, {0: dyn}), "prefill", opset)
     _name_dims(proto, {("input_ids", 0): "batch", ("input_ids", 1): "seq"})
     return proto
 
@@ -82,7 +84,7 @@ def trace_decode(model: CausalLM, opset: int) -> onnx.ModelProto:
     dyn = torch.export.Dim.DYNAMIC
     axes = [{i: dyn for i, d in enumerate(s.shape) if isinstance(d, str)} for s in specs]
     dynamic = ({0: dyn}, {0: dyn}, tuple(axes))  # *past is one entry
-    proto = _export(DecodeGraph(model), (ids, position, *past), names, dynamic, model.arch, opset)
+    proto = _export(DecodeGraph(model), (ids, position, *past), names, dynamic, "decode", opset)
     dims = {(name, 0): "batch" for name in names["inputs"]}
     dims.update({(f"past.{s.name}", i): PAST_SEQ for s in specs for i, d in enumerate(s.shape) if d == PAST_SEQ})
     _name_dims(proto, dims)
@@ -110,15 +112,17 @@ def _example_rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)  # leaves the caller's global RNG alone
 
 
-def _export(module: nn.Module, args: tuple, names: dict, dynamic, arch: str,
+def _export(module: nn.Module, args: tuple, names: dict, dynamic, graph: str,
             opset: int) -> onnx.ModelProto:
-    translation = attention_op.onnx_translation() if attention_op.substitutable(arch) else None
-    with attention_op.substituted_attention(arch), quiet_exporter():
+    with quiet_exporter():
         program = torch.onnx.export(
             module.eval(), args, dynamo=True, dynamic_shapes=dynamic,
             input_names=names["inputs"], output_names=names["outputs"],
-            custom_translation_table=translation, optimize=True, verbose=False)
+            custom_translation_table=ops.translation_table(), optimize=True, verbose=False)
     proto = program.model_proto
+    # One bare node per call of the op the model made, or the translation went wrong.
+    causal_linear_attention.check_nodes(proto, causal_linear_attention.count_calls(program.exported_program),
+                                        graph)
     for node in proto.graph.node:
         # torch records each node's Python stack and FX node: local source paths, half the file.
         del node.metadata_props[:]

@@ -20,6 +20,7 @@ import ctypes
 import os
 from pathlib import Path
 
+from linexport.contract import op_spec
 from linexport.errors import LinexportError
 
 PLUGIN_LIBRARY = "liblinexport_trt_plugin.so"
@@ -30,6 +31,9 @@ BUILD_HINT = (
     "build it with `cmake -S . -B build -DTensorRT_ROOT=DIR && cmake --build build -j2` in the "
     "linexport source tree (see plugins/causal_linear_attention/README.md)"
 )
+
+# (name, version, namespace) of the plugin's creator in TensorRT's registry
+PLUGIN_CREATOR = (op_spec.TRT_PLUGIN_NAME, op_spec.TRT_PLUGIN_VERSION, op_spec.TRT_PLUGIN_NAMESPACE)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_ROOT = _PACKAGE_DIR.parent
@@ -76,10 +80,10 @@ def load_trt_plugins(registry, path: str | os.PathLike | None = None) -> Path:
     no libnvinfer. Returns the path loaded.
     """
     lib = find_plugin_library(path)
-    if registry.get_creator("CausalLinearAttention", "1", "") is not None:
+    if registry.get_creator(*PLUGIN_CREATOR) is not None:
         return lib  # already there (loaded before, or registered itself via a plain dlopen)
     handle = registry.load_library(str(lib))
-    if handle is None or registry.get_creator("CausalLinearAttention", "1", "") is None:
+    if handle is None or registry.get_creator(*PLUGIN_CREATOR) is None:
         raise LinexportError(f"TensorRT could not load the plugin library {lib}: see TensorRT's log above")
     return lib
 

@@ -19,9 +19,7 @@ import torch
 from linexport.models.base import StateSpec
 from linexport.models.config import require
 from linexport.models.layers import RotaryQKV
-from linexport.models.ops.linear_attention import (chunk_causal_linear_attention,
-                                                   step_causal_linear_attention)
-from linexport.models.ops.naive import feature_map
+from linexport.models.ops.causal_linear_attention import causal_linear_attention, feature_map
 from linexport.models.token_lm import TokenLM, TokenLMConfig
 
 
@@ -49,14 +47,21 @@ class LinearAttention(RotaryQKV):
         """x [B, T, C], mask [B, T] bool -> (y [B, T, C], state [B, H, Dk, Dv+1])."""
         q, k, v = self._qkv(x, cos, sin)
         k = k * mask[:, None, :, None].to(k.dtype)  # padded tokens add nothing to the state
-        o, state = chunk_causal_linear_attention(q, k, v, self.config.eps, self.config.chunk_size)
-        B, H, T, D = o.shape
-        return self.out(o.transpose(1, 2).reshape(B, T, H * D)), state
+        B, H, T, Dk = q.shape
+        Dv = v.shape[-1]
+        past = q.new_zeros(B, H, Dk, Dv + 1, dtype=torch.float32)
+        flat = [t.transpose(1, 2).reshape(B, T, -1) for t in (q, k, v)]  # the op's [B, T, H*D]
+        o, state = causal_linear_attention(*flat, past, H, float(self.config.eps))
+        o = o.reshape(B, T, H, Dv).transpose(1, 2).to(v.dtype)  # [B, H, T, Dv]
+        return self.out(o.transpose(1, 2).reshape(B, T, H * Dv)), state
 
     def step(self, x, state, cos, sin):
         """x [B, C], state [B, H, Dk, Dv+1] -> (y [B, C], new state)."""
-        q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))
-        o, state = step_causal_linear_attention(q, k, v, state, self.config.eps)
+        q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))  # [B, H, D]
+        B, H, Dv = v.shape
+        flat = [t.reshape(B, 1, -1) for t in (q, k, v)]  # the op's [B, T=1, H*D]
+        o, state = causal_linear_attention(*flat, state, H, float(self.config.eps))
+        o = o.reshape(B, H, Dv).to(v.dtype)
         return self.out(o.flatten(1)), state
 
 

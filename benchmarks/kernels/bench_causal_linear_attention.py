@@ -18,8 +18,7 @@ import sys
 
 import torch
 
-from linexport.models.ops.linear_attention import chunk_causal_linear_attention
-from linexport.models.ops.naive import feature_map
+from linexport.models.ops.causal_linear_attention import chunk_causal_linear_attention, feature_map
 from linexport.plugins import CausalLinearAttentionKernels
 
 

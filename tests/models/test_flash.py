@@ -13,7 +13,7 @@ from linexport.models.checkpoint import load_checkpoint, save_checkpoint
 from linexport.models.config import config_from_dict
 from linexport.models.flash import FlashConfig, FlashLM
 from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
-from linexport.models.ops.naive import naive_mixed_chunk_attention, naive_mixed_chunk_state
+from linexport.models.ops.mixed_chunk_attention.naive import naive_mixed_chunk_attention, naive_mixed_chunk_state
 from tests.conftest import rel_err, run_steps
 
 V = 53

@@ -9,7 +9,8 @@ import torch
 from linexport.errors import LinexportError
 from linexport.models.layers import rotary_angles
 from linexport.models.linear import LinearConfig, LinearLM
-from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
+from linexport.models.ops.causal_linear_attention import feature_map
+from linexport.models.ops.causal_linear_attention.naive import naive_causal_linear_attention
 from tests.conftest import rel_err
 from tests.models.block_models import make_model
 

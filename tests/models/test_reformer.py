@@ -8,7 +8,7 @@ import torch
 from linexport.errors import LinexportError
 from linexport.models.layers import rotary_angles
 from linexport.models.ops.lsh_attention import chunk_lsh_attention, lsh_buckets
-from linexport.models.ops.naive import naive_lsh_attention
+from linexport.models.ops.lsh_attention.naive import naive_lsh_attention
 from linexport.models.reformer import ReformerConfig
 from tests.conftest import rel_err
 from tests.models.block_models import make_model

@@ -5,7 +5,7 @@ import torch
 
 from linexport.models.layers import rotary_angles
 from linexport.models.linear import LinearConfig, LinearLM
-from linexport.models.ops.naive import naive_causal_softmax_attention
+from linexport.models.ops.softmax_attention.naive import naive_causal_softmax_attention
 from linexport.models.softmax import SoftmaxConfig, SoftmaxLM
 from tests.conftest import rel_err
 from tests.models.block_models import SIZES, VARIANTS, make_model

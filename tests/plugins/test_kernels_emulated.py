@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
+from linexport.models.ops.causal_linear_attention import feature_map
+from linexport.models.ops.causal_linear_attention.naive import naive_causal_linear_attention
 from linexport.plugins import _Params
 from tests.conftest import rel_err
 from tests.plugins.conftest import REPO

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from linexport.models.ops.linear_attention import chunk_causal_linear_attention
-from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
+from linexport.models.ops.causal_linear_attention import chunk_causal_linear_attention, feature_map
+from linexport.models.ops.causal_linear_attention.naive import naive_causal_linear_attention
 from tests.conftest import rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the kernels run only on a GPU machine")

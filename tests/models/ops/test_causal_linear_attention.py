@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from linexport.models.ops.linear_attention import (chunk_causal_linear_attention,
-                                                   step_causal_linear_attention)
-from linexport.models.ops.naive import (feature_map, naive_causal_linear_attention,
-                                        naive_softmax_free_causal_attention)
+from linexport.models.ops.causal_linear_attention import (chunk_causal_linear_attention, feature_map,
+                                                          step_causal_linear_attention)
+from linexport.models.ops.causal_linear_attention.naive import (naive_causal_linear_attention,
+                                                                naive_softmax_free_causal_attention)
 from tests.conftest import rel_err
 
 

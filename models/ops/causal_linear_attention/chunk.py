@@ -1,6 +1,6 @@
-"""Causal linear attention: a chunked parallel form (linear in T) and a recurrent step.
+"""Causal linear attention, the chunked parallel form: linear in T, nothing of size T×T.
 
-Both take feature-mapped q, k (non-negative) in ``[B, H, T, D]`` and carry one fp32 state
+It takes feature-mapped q, k (non-negative) in ``[B, H, T, D]`` and carry one fp32 state
 tensor ``[B, H, Dk, Dv + 1]``: the numerator ``S = Σ k vᵀ`` with the normaliser ``z = Σ k``
 as its last column (append a ones column to v and z falls out of the same product).
 """
@@ -17,13 +17,15 @@ def chunk_causal_linear_attention(q, k, v, eps: float, chunk_size: int = 64, ini
     Inside a chunk of C tokens: masked C×C products. Across chunks: the state before each
     chunk is an exclusive prefix sum of per-chunk ``kᵀ[v|1]``. Nothing of size T×T.
     Zero rows of k contribute nothing, which is how padded positions are kept out.
-    Returns (o [B, H, T, Dv] in v's dtype, final state [B, H, Dk, Dv + 1] fp32).
+    Returns (o [B, H, T, Dv] in v's dtype, final state [B, H, Dk, Dv + 1] fp32; fp64 for fp64 v).
     """
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
     C = chunk_size
-    out_dtype = v.dtype
-    q, k, v = q.float(), k.float(), v.float()
+    # fp32 for fp16/bf16/fp32 activations (the state is fp32); fp64 stays fp64, so the custom
+    # op's gradients can be checked numerically (op.py).
+    out_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [B, H, T, Dv+1]
     pad = (-T) % C
     if pad:
@@ -41,24 +43,12 @@ def chunk_causal_linear_attention(q, k, v, eps: float, chunk_size: int = 64, ini
     inclusive = chunk_kv.cumsum(dim=2)
     before = inclusive - chunk_kv  # state before each chunk (exclusive prefix)
     if initial_state is not None:
-        before = before + initial_state.float().unsqueeze(2)
+        before = before + initial_state.to(dtype).unsqueeze(2)
     u = u + q @ before
 
     o = u[..., :Dv] / (u[..., Dv:] + eps)
     o = o.reshape(B, H, N * C, Dv)[:, :, :T]
     final = inclusive[:, :, -1]
     if initial_state is not None:
-        final = final + initial_state.float()
+        final = final + initial_state.to(dtype)
     return o.to(out_dtype), final
-
-
-def step_causal_linear_attention(q, k, v, state, eps: float):
-    """One token: q, k [B, H, Dk], v [B, H, Dv], state [B, H, Dk, Dv + 1] fp32.
-
-    Returns (o [B, H, Dv] in v's dtype, new state)."""
-    Dv = v.shape[-1]
-    v1 = torch.cat([v.float(), torch.ones_like(v[..., :1], dtype=torch.float32)], dim=-1)
-    state = state + k.float().unsqueeze(-1) * v1.unsqueeze(-2)
-    u = torch.einsum("bhd,bhde->bhe", q.float(), state)
-    o = u[..., :Dv] / (u[..., Dv:] + eps)
-    return o.to(v.dtype), state

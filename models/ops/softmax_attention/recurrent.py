@@ -1,26 +1,9 @@
-"""Causal softmax attention with a KV cache: a parallel form (SDPA) and a one-token step.
-
-Layouts ``[B, H, T, D]``; the cache is fp32 whatever the activation dtype. Softmax is computed
-in fp32 in both forms, so the prefill and decode graphs of an fp16 export round alike.
-
-Cache contract of the step (ragged batches, branch-free so it exports):
-past k/v ``[B, H, L, D]`` with row b's real entries at indices ``< position[b]``; entries in
-``[position[b], L)`` are padding, masked out. The step returns a cache of length ``L + 1``
-holding the new key/value at index ``position[b]`` (so the result can be fed straight back as
-the next step's past): row b's real entries are then exactly ``<= position[b]``.
-"""
+"""Causal softmax attention, the one-token step over a KV cache (the cache contract is in the
+package docstring, __init__.py)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-
-def causal_softmax_attention(q, k, v):
-    """q, k, v [B, H, T, D] -> o [B, H, T, D] in v's dtype. Right padding needs no mask: a
-    real token only sees earlier positions, which are real too."""
-    o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
-    return o.to(v.dtype)
 
 
 def append_entry(past, new, position):

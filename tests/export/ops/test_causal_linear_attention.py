@@ -10,9 +10,9 @@ import torch
 from onnx import TensorProto, helper
 
 from linexport.contract import op_spec
-from linexport.export import attention_op
 from linexport.export.lowerings import apply_lowering, function_proto
-from linexport.models.ops.naive import feature_map, naive_causal_linear_attention
+from linexport.models.ops.causal_linear_attention import causal_linear_attention, feature_map
+from linexport.models.ops.causal_linear_attention.naive import naive_causal_linear_attention
 from tests.conftest import rel_err
 
 B, H = 2, 3
@@ -102,7 +102,7 @@ def test_fp16_activations_keep_an_fp32_state(lowering):
     q, k, v, state = inputs(97, 16, 16, True)
     ref_o, ref_s = naive_causal_linear_attention(q, k, v, 1e-6, state)
     flat = lambda t: t.transpose(1, 2).reshape(B, 97, -1).half()  # noqa: E731
-    pt_o, pt_s = attention_op.causal_linear_attention(flat(q), flat(k), flat(v), state.float(), H, 1e-6)
+    pt_o, pt_s = causal_linear_attention(flat(q), flat(k), flat(v), state.float(), H, 1e-6)
     assert pt_o.dtype == torch.float16 and pt_s.dtype == torch.float32
     pt_o = pt_o.float().view(B, 97, H, 16).transpose(1, 2)
     o, s = run(single_node(lowering, 16, 16, 16, torch.float16), q, k, v, state, torch.float16)
