@@ -114,7 +114,7 @@ def _export_quadratic(model, path: Path) -> Path:
             o = (scores @ v) / (scores.sum(-1, keepdim=True) + self.config.eps)
             v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
             state = k.transpose(-1, -2) @ v1  # the state, so the graph's outputs match
-            return self.out(o.transpose(1, 2).reshape(B, T, H * D)), state
+            return self.out(o.transpose(1, 2).reshape(B, T, H * D)), {"kv": state}
 
     model = copy.deepcopy(model)
     for block in model.blocks:

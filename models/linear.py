@@ -44,44 +44,32 @@ class LinearAttention(RotaryQKV):
         return feature_map(q, fm), feature_map(k, fm), v
 
     def forward(self, x, mask, cos, sin):
-        """x [B, T, C], mask [B, T] bool -> (y [B, T, C], state [B, H, Dk, Dv+1])."""
+        """x [B, T, C], mask [B, T] bool -> (y [B, T, C], {"kv": state [B, H, Dk, Dv+1]})."""
         q, k, v = self._qkv(x, cos, sin)
         k = k * mask[:, None, :, None].to(k.dtype)  # padded tokens add nothing to the state
         B, H, T, Dk = q.shape
         Dv = v.shape[-1]
         past = q.new_zeros(B, H, Dk, Dv + 1, dtype=torch.float32)
         flat = [t.transpose(1, 2).reshape(B, T, -1) for t in (q, k, v)]  # the op's [B, T, H*D]
-        o, state = causal_linear_attention(*flat, past, H, float(self.config.eps))
+        o, kv = causal_linear_attention(*flat, past, H, float(self.config.eps), self.config.chunk_size)
         o = o.reshape(B, T, H, Dv).transpose(1, 2).to(v.dtype)  # [B, H, T, Dv]
-        return self.out(o.transpose(1, 2).reshape(B, T, H * Dv)), state
+        return self.out(o.transpose(1, 2).reshape(B, T, H * Dv)), {"kv": kv}
 
-    def step(self, x, state, cos, sin):
-        """x [B, C], state [B, H, Dk, Dv+1] -> (y [B, C], new state)."""
+    def step(self, x, state, position, cos, sin):
+        """x [B, C], state {"kv": [B, H, Dk, Dv+1]} -> (y [B, C], new state). Rotary carries
+        the position (in cos/sin); the state itself does not depend on it."""
         q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))  # [B, H, D]
         B, H, Dv = v.shape
         flat = [t.reshape(B, 1, -1) for t in (q, k, v)]  # the op's [B, T=1, H*D]
-        o, state = causal_linear_attention(*flat, state, H, float(self.config.eps))
+        o, kv = causal_linear_attention(*flat, state["kv"], H, float(self.config.eps))
         o = o.reshape(B, H, Dv).to(v.dtype)
-        return self.out(o.flatten(1)), state
-
-
-class ShellLinearAttention(LinearAttention):
-    """LinearAttention in the shell's layer contract (models/token_lm.py): the state as {"kv": S}.
-    LinearAttention itself keeps plain tensors in and out, as the ops and their oracles do."""
-
-    def forward(self, x, mask, cos, sin):
-        y, kv = super().forward(x, mask, cos, sin)
-        return y, {"kv": kv}
-
-    def step(self, x, state, position, cos, sin):
-        y, kv = super().step(x, state["kv"], cos, sin)  # the state needs no position
-        return y, {"kv": kv}
+        return self.out(o.flatten(1)), {"kv": kv}
 
 
 class LinearLM(TokenLM):
     arch = "linear"
     config_class = LinearConfig
-    attention = ShellLinearAttention
+    attention = LinearAttention
     state_names = ("kv",)
 
     def state_specs(self):

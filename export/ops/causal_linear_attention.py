@@ -60,7 +60,8 @@ def translation_table() -> dict:
     # treating our domain as opaque (the model-local function or the plugin defines it).
     node = values.Op(values.Opset(op_spec.DOMAIN, op_spec.OP_VERSION), op_spec.OP_TYPE, schema)
 
-    def translate(query, key, value, past_state, num_heads: int, eps: float):
+    def translate(query, key, value, past_state, num_heads: int, eps: float, chunk_size: int = 64):
+        # chunk_size is the eager implementation's; each graph's function body has its own.
         return node(query, key, value, past_state, num_heads=num_heads, eps=eps, _outputs=2)
 
     return {TORCH_OP: translate}

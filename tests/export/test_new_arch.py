@@ -27,8 +27,8 @@ class AttentionOnlyBlock(nn.Module):
         a, state = self.mixer(self.norm(x), mask, cos, sin)
         return x + a, state
 
-    def step(self, x, state, cos, sin):
-        a, state = self.mixer.step(self.norm(x), state, cos, sin)
+    def step(self, x, state, position, cos, sin):
+        a, state = self.mixer.step(self.norm(x), state, position, cos, sin)
         return x + a, state
 
 

@@ -7,7 +7,8 @@ graph holds the op without any help from the exporter. Its layout is the op spec
 
     query, key [B, T, H*Dk] (feature-mapped), value [B, T, H*Dv], past_state [B, H, Dk, Dv+1]
     fp32 -> output [B, T, H*Dv] in query's dtype, present_state [B, H, Dk, Dv+1] fp32
-    attrs num_heads, eps
+    attrs num_heads, eps; chunk_size (the eager chunk length: results do not depend on it, and
+    the ONNX node does not carry it — each graph's function body has its own chunk)
 
 Eagerly it runs the chunked form (chunk.py), or the recurrent one (recurrent.py) for one token;
 gradients recompute the chunked form under autograd, so training goes through the op too.
@@ -19,15 +20,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from linexport.errors import LinexportError
 from linexport.models.ops.causal_linear_attention.chunk import chunk_causal_linear_attention
 from linexport.models.ops.causal_linear_attention.recurrent import step_causal_linear_attention
 
 NAME = "linexport::causal_linear_attention"  # = contract/op_spec.py TORCH_OP (tests check)
-_CHUNK = 64  # eager chunk length only; results do not depend on it
+DEFAULT_CHUNK = 64  # eager chunk length only; results do not depend on it
 
 
 def _forward(query: Tensor, key: Tensor, value: Tensor, past_state: Tensor, num_heads: int,
-             eps: float) -> tuple[Tensor, Tensor]:
+             eps: float, chunk_size: int) -> tuple[Tensor, Tensor]:
     """The op's math on [B, T, H*D] tensors, differentiable (the backward replays it)."""
     B, T, _ = query.shape
     H = num_heads
@@ -36,7 +38,7 @@ def _forward(query: Tensor, key: Tensor, value: Tensor, past_state: Tensor, num_
         o, state = step_causal_linear_attention(q, k, v, past_state, eps)
         return o.reshape(B, 1, -1).to(query.dtype), state
     q, k, v = (t.reshape(B, T, H, -1).transpose(1, 2) for t in (query, key, value))  # [B, H, T, D]
-    o, state = chunk_causal_linear_attention(q, k, v, eps, _CHUNK, past_state)
+    o, state = chunk_causal_linear_attention(q, k, v, eps, chunk_size, past_state)
     return o.transpose(1, 2).reshape(B, T, -1).to(query.dtype), state
 
 
@@ -47,24 +49,27 @@ def _state_dtype(query: Tensor, past_state: Tensor) -> torch.dtype:
 
 @torch.library.custom_op(NAME, mutates_args=())
 def causal_linear_attention(query: Tensor, key: Tensor, value: Tensor, past_state: Tensor,
-                            num_heads: int, eps: float) -> tuple[Tensor, Tensor]:
+                            num_heads: int, eps: float, chunk_size: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
     """The op spec in PyTorch: query, key [B, T, H*Dk], value [B, T, H*Dv], past_state
     [B, H, Dk, Dv+1] fp32 -> (output [B, T, H*Dv] in query's dtype, present_state fp32)."""
-    o, state = _forward(query, key, value, past_state, num_heads, eps)
+    if chunk_size < 1:
+        raise LinexportError(f"expected chunk_size >= 1, got {chunk_size}")
+    o, state = _forward(query, key, value, past_state, num_heads, eps, chunk_size)
     return o, state.to(_state_dtype(query, past_state))
 
 
 @causal_linear_attention.register_fake
-def _(query, key, value, past_state, num_heads, eps):
+def _(query, key, value, past_state, num_heads, eps, chunk_size=DEFAULT_CHUNK):
     B, T, _ = query.shape
     return (query.new_empty(B, T, value.shape[-1]),
             past_state.new_empty(past_state.shape, dtype=_state_dtype(query, past_state)))
 
 
 def _setup_context(ctx, inputs, output):
-    query, key, value, past_state, num_heads, eps = inputs
+    query, key, value, past_state, num_heads, eps, *chunk = inputs
     ctx.save_for_backward(query, key, value, past_state)
     ctx.num_heads, ctx.eps = num_heads, eps
+    ctx.chunk_size = chunk[0] if chunk else DEFAULT_CHUNK
 
 
 def _backward(ctx, grad_output, grad_state):
@@ -77,7 +82,7 @@ def _backward(ctx, grad_output, grad_state):
     grads = {}
     if wanted and pairs:
         with torch.enable_grad():
-            outputs = _forward(*inputs, ctx.num_heads, ctx.eps)
+            outputs = _forward(*inputs, ctx.num_heads, ctx.eps, ctx.chunk_size)
             # allow_unused: present_state alone does not depend on query.
             found = torch.autograd.grad([outputs[i] for i, _ in pairs], wanted,
                                         [g.to(outputs[i].dtype) for i, g in pairs], allow_unused=True)
@@ -85,7 +90,7 @@ def _backward(ctx, grad_output, grad_state):
     result = [None if not t.requires_grad else
               grads.get(id(t)) if grads.get(id(t)) is not None else torch.zeros_like(t)
               for t in inputs]
-    return (*result, None, None)
+    return (*result, None, None, None)
 
 
 causal_linear_attention.register_autograd(_backward, setup_context=_setup_context)

@@ -66,7 +66,7 @@ class _ChunkAttention(LinearAttention):
         k = k * mask[:, None, :, None].to(k.dtype)
         o, state = chunk_causal_linear_attention(q, k, v, self.config.eps, 16)
         B, H, T, D = o.shape
-        return self.out(o.transpose(1, 2).reshape(B, T, H * D)), state
+        return self.out(o.transpose(1, 2).reshape(B, T, H * D)), {"kv": state}
 
 
 def test_training_step_goes_through_the_op():
