@@ -2,8 +2,8 @@
 
 Pure Python + numpy (no torch, no onnx), so both sides import it and neither imports the other:
 
-    manifest    linexport.json: its schema, validation, file hashes (docs/DESIGN.md, "Manifest")
-    graph_io    the two graphs' input/output names (docs/DESIGN.md, "Graph IO")
+    manifest    linexport.json: its schema, validation, file hashes (docs/DESIGN.md, "Contracts")
+    graph_io    the two graphs' input/output names (docs/DESIGN.md, "Contracts")
     op_spec     the custom attention op's identity: ONNX node, TensorRT plugin, lowerings, opsets
     checks      one error measure and the tolerances every comparison uses (verify, compare)
 

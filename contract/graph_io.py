@@ -1,4 +1,4 @@
-"""Names of the prefill and decode graphs' inputs and outputs (docs/DESIGN.md, "Graph IO").
+"""Names of the prefill and decode graphs' inputs and outputs (docs/DESIGN.md, "Contracts").
 
     prefill: input_ids int64 [batch, seq] (right-padded), lengths int64 [batch]
              -> logits [batch, vocab] (or [batch, seq, vocab]), present.{state}

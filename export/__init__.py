@@ -1,4 +1,4 @@
-"""ONNX export: prefill + decode graphs, attention lowerings, manifest (see DESIGN.md).
+"""ONNX export: prefill + decode graphs, attention lowerings, manifest (see docs/DESIGN.md).
 
     exporter.export_checkpoint   checkpoint -> OUT/{prefill.onnx, decode.onnx, linexport.json}
     graphs                       tracing a CausalLM into the two graphs of the contract

@@ -1,4 +1,4 @@
-"""Tracing a CausalLM into the two graphs of the contract (DESIGN.md, "Graph IO").
+"""Tracing a CausalLM into the two graphs of the contract (docs/DESIGN.md, "Contracts").
 
     prefill: input_ids int64 [batch, seq] (right-padded), lengths int64 [batch]
              -> logits [batch, vocab] (or [batch, seq, vocab]), present.{layer}.{name}

@@ -1,4 +1,4 @@
-"""The graph contract (DESIGN.md): IO names, shapes and dtypes; the ONNX checker and strict
+"""The graph contract (docs/DESIGN.md, "Contracts"): IO names, shapes and dtypes; the ONNX checker and strict
 shape inference; no If/Loop; no tensor with two sequence-length dims; Polygraphy runs it."""
 
 import subprocess

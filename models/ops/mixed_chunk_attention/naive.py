@@ -44,7 +44,7 @@ def naive_mixed_chunk_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_siz
 
 def naive_mixed_chunk_state(quad_k, lin_k, v, chunk_size: int, length: int):
     """The exact recurrent state of mixed-chunk attention after the first ``length`` tokens of
-    one sequence, from its definition (DESIGN.md): quad_k, lin_k [T, S]; v [T, E].
+    one sequence, from its definition (docs/DESIGN.md, "The math, once"): quad_k, lin_k [T, S]; v [T, E].
 
     Returns (lin_kv [S, E] = Σ lin_k_j v_jᵀ / C over the tokens of completed chunks,
     pending [S, E] = the same sum over the current partial chunk, k_buf [C, S] and v_buf [C, E]:
