@@ -114,6 +114,7 @@ class TrtBackend(Backend):
                              for n in self.state_names} for _ in range(2))
         self._parity = np.zeros(self.num_slots, np.uint8)
         self._staging = None
+        self._bound = None  # the key of the binding the decode context holds now
         self._state_dtypes = {n: d[f"past.{n}"] for n in self.state_names}
         self._ids = self._pool(self.num_slots, (1,), np.int64)
         self._pos = self._pool(self.num_slots, (), np.int64)
@@ -231,8 +232,10 @@ class TrtBackend(Backend):
     def _launch(self, key, past: dict, present: dict, start: int, n: int):
         """Replays the CUDA graph of binding ``key`` (rows start..start+n-1 of past/present),
         capturing it first if this binding is new."""
-        graph = self._graphs.get(key)
-        if graph is None:
+        if self._bound != key:
+            # The graph has the addresses baked in, but the context's shapes and addresses are
+            # put back to the ones it was captured with too: what TensorRT keeps per context
+            # then always matches the graph being replayed.
             e = self._decode
             e.bind("input_ids", self._ids.ptr, (n, 1))
             e.bind("position", self._pos.ptr, (n,))
@@ -240,6 +243,10 @@ class TrtBackend(Backend):
                 e.bind(f"past.{name}", past[name].row_ptr(start), (n, *self._shapes[name]))
                 e.bind(f"present.{name}", present[name].row_ptr(start))
             e.bind("logits", self._logits.ptr)
+            self._bound = key
+        graph = self._graphs.get(key)
+        if graph is None:
+            e = self._decode
             # Run once outside capture: TensorRT may allocate or tune on a new shape. It writes
             # only the present rows of the named slots (not their current state), and the replay
             # below recomputes the same step from the same past, so the step happens once.

@@ -146,3 +146,66 @@ def test_device_array_free_is_idempotent(cuda):
     a.free()
     del a
     assert cuda.lib.named("cudaFree") == [(ptr,)]
+
+
+class FakeEngine:
+    """Stands in for a TensorRT execution context: records the addresses and shapes bound and
+    each enqueue. Computes nothing (see the module docstring)."""
+
+    def __init__(self):
+        self.binds, self.runs = {}, []
+
+    def bind(self, name, ptr, shape=None):
+        self.binds[name] = (ptr, shape)
+
+    def run(self, stream, what):
+        self.runs.append(dict(self.binds))
+
+
+def test_decode_binds_only_the_named_rows_and_keys_graphs_by_binding(cuda):
+    """Bookkeeping of TrtBackend.decode: which rows of which pool each CUDA graph binds, one
+    graph per (start, n, parity) or staged n, replayed without recapture, parities flipped or
+    reset; the gather path's copies on the backend stream. No data moves here."""
+    b = _backend(cuda, num_slots=4)
+    b._decode = FakeEngine()
+    A, B = b._pools
+    name = "0.s"
+
+    def launches():
+        return [args[0] for args in cuda.lib.named("cudaGraphLaunch")]
+
+    b.decode([0, 1, 2], [1, 1, 1], [0, 0, 0])
+    assert list(b._graphs) == [("run", 0, 3, 0)]
+    assert b._decode.binds[f"past.{name}"] == (A[name].row_ptr(0), (3, 2, 3))
+    assert b._decode.binds[f"present.{name}"][0] == B[name].row_ptr(0)
+    assert b._parity.tolist() == [1, 1, 1, 0]
+    b.decode([0, 1, 2], [1, 1, 1], [1, 1, 1])  # the other parity: the pools the other way round
+    assert b._decode.binds[f"past.{name}"][0] == B[name].row_ptr(0)
+    assert b._decode.binds[f"present.{name}"][0] == A[name].row_ptr(0)
+    assert b._parity.tolist() == [0, 0, 0, 0]
+    runs = len(b._decode.runs)
+    b.decode([0, 1, 2], [1, 1, 1], [2, 2, 2])  # a known binding: replayed, not captured again
+    assert len(b._decode.runs) == runs and len(b._graphs) == 2
+    assert launches()[-1] == b._graphs[("run", 0, 3, 0)].exe
+    assert b._decode.binds[f"past.{name}"][0] == A[name].row_ptr(0)  # context rebound to match it
+
+    b.decode([1], [1], [3])  # a run that starts past slot 0
+    assert ("run", 1, 1, 1) in b._graphs
+    assert b._decode.binds[f"past.{name}"] == (B[name].row_ptr(1), (1, 2, 3))
+    assert b._parity.tolist() == [1, 0, 1, 0]
+
+    cuda.lib.calls.clear()
+    b.decode([1, 2], [1, 1], [4, 3])  # mixed parities: the staged graph
+    past, present = b._staging
+    assert ("staged", 2) in b._graphs
+    assert b._decode.binds[f"past.{name}"] == (past[name].row_ptr(0), (2, 2, 3))
+    assert b._decode.binds[f"present.{name}"][0] == present[name].row_ptr(0)
+    rows = A[name].row_bytes
+    d2d = [(dst, src, n) for dst, src, n, kind, stream in cuda.lib.named("cudaMemcpyAsync")
+           if kind == D2D and stream == b._stream and n == rows]
+    assert (past[name].row_ptr(1), B[name].row_ptr(2), rows) in d2d  # gather: slot 2 (pool B) -> row 1
+    assert (past[name].row_ptr(0), A[name].row_ptr(1), rows) in d2d  # slot 1 (pool A) -> row 0
+    assert (A[name].row_ptr(1), present[name].row_ptr(0), 2 * rows) in [
+        (dst, src, n) for dst, src, n, kind, stream in cuda.lib.named("cudaMemcpyAsync") if kind == D2D]
+    assert b._parity.tolist() == [1, 0, 0, 0]
+    assert cuda.lib.named("cudaMemcpy") == []
