@@ -51,6 +51,7 @@ still written, and validated, as format 1.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path, PurePosixPath
 
 from linexport.errors import LinexportError
@@ -87,13 +88,35 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
     validate_manifest(data, where=str(path))
     check_confined(root, data)
     if verify_hashes:
-        for name in GRAPHS:
-            graph = data["graphs"][name]
-            for entry in [graph, *graph["external_data"]]:
-                _check_file(root, entry["file"], entry["sha256"])
-        for entry in tokenizer_files(data):
-            _check_file(root, entry["file"], entry["sha256"])
+        for entry in [*graph_files(data), *tokenizer_files(data)]:
+            verify_file(root, entry["file"], entry["sha256"])
     return data
+
+
+def graph_files(data: dict) -> list[dict]:
+    """The ``{file, sha256}`` entries of the ONNX graphs and their external-data files in a
+    validated manifest: what an ONNX Runtime session loads."""
+    return [entry for name in GRAPHS for entry in [data["graphs"][name], *data["graphs"][name]["external_data"]]]
+
+
+# (resolved path, size, mtime_ns, inode) -> sha256 of the file's content, for this process.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def cached_sha256(path) -> str:
+    """``file_sha256(path)``, remembered per process under the file's (resolved path, size,
+    mtime_ns, inode): opening the same unchanged export again costs one stat per file, not a
+    re-read. Rewriting a file changes its mtime (and a replaced file its inode, usually its
+    size), so a modified file is hashed afresh and still refused. Not covered: a same-size
+    rewrite that also restores the old mtime_ns on purpose (``os.utime``) — a hash check
+    guards against accidents and stale files, not against an adversary with write access."""
+    resolved = Path(path).resolve()
+    st = os.stat(resolved)
+    key = (str(resolved), st.st_size, st.st_mtime_ns, st.st_ino)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = file_sha256(resolved)
+    return digest
 
 
 def check_confined(root, data: dict) -> None:
@@ -294,11 +317,13 @@ def _inside(file) -> bool:
     return not p.is_absolute() and ".." not in p.parts
 
 
-def _check_file(root: Path, file: str, sha256: str):
-    path = root / file
+def verify_file(root: Path, file: str, sha256: str, verify_hash: bool = True):
+    """Refuses ``root/file`` if it is missing or (with ``verify_hash``) its content does not
+    match ``sha256`` (through the per-process digest cache, ``cached_sha256``)."""
+    path = Path(root) / file
     if not path.is_file():
         raise LinexportError(f"expected {path} (named in {MANIFEST_NAME}), but it is missing: the "
                              "export directory is incomplete; re-export it")
-    if file_sha256(path) != sha256:
+    if verify_hash and cached_sha256(path) != sha256:
         raise LinexportError(f"expected {path} to match the sha256 in {MANIFEST_NAME}, got a different "
                              "file: it was modified or replaced after export; re-export it")

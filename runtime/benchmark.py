@@ -82,7 +82,7 @@ def position_limit(manifest: Manifest) -> int | None:
 def run_bench(outs: Sequence, settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict:
     """Measures every export in ``outs``; ``progress(label)`` is called after each point."""
     settings.check()
-    manifests = [read_manifest(out) for out in outs]  # all refused before any time is spent
+    manifests = [read_manifest(out, backend=settings.backend) for out in outs]  # all refused before any time is spent
     progress = progress or (lambda label: None)
     result = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "settings": {**asdict(settings), "contexts": list(settings.contexts),

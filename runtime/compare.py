@@ -56,8 +56,8 @@ def compare_backends(reference, candidate, precision: str, batch: int = 3, seq: 
     positions = lengths.copy()
     for step in range(steps):
         tokens = ref_logits.argmax(-1).astype(np.int64)
-        ref_logits = reference.decode(tokens, positions)
-        got = candidate.decode(tokens, positions)
+        ref_logits = reference.decode(slots, tokens, positions)
+        got = candidate.decode(slots, tokens, positions)
         err = errors(got, ref_logits)
         worst = err if worst is None or err[1] > worst[1] else worst
         positions += 1

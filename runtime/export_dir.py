@@ -3,6 +3,15 @@
 A directory whose manifest is from a newer format, whose graphs or engines are missing, or
 whose files do not match the recorded sha256 is refused (the checks live in
 ``linexport.contract.manifest``, which imports neither torch nor onnx).
+
+Which files are hashed: those the chosen backend loads, and only those. ``backend="ort"``
+hashes the ONNX graphs and their external-data files (ONNX Runtime reads nothing else);
+``backend="trt"`` hashes the engines and the plugin library (TensorRT never reads the .onnx
+files). ``backend=None`` hashes everything the manifest names. Hashing a file nobody will
+load costs a full read of it (a large export's graphs are GBs) and protects nothing. Digests
+are cached per process by (resolved path, size, mtime_ns, inode)
+(``linexport.contract.manifest.cached_sha256``), so reopening an unchanged export costs a
+stat per file, and a file changed since is hashed again and refused.
 """
 
 from __future__ import annotations
@@ -11,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.contract.manifest import MANIFEST_NAME, engine_files, load_manifest  # pure JSON: no torch, no onnx
-from linexport.files import file_sha256
+from linexport.contract.manifest import (MANIFEST_NAME, cached_sha256, engine_files, graph_files, load_manifest,
+                                        tokenizer_files, verify_file)  # pure JSON: no torch, no onnx
 
 
 @dataclass(frozen=True)
@@ -69,21 +78,33 @@ class Manifest:
         return self.root / plugin["file"] if plugin else None
 
 
-def read_manifest(root, verify_hashes: bool = True) -> Manifest:
+_BACKEND_FILES = ("ort", "trt")  # the backends whose files read_manifest knows
+
+
+def read_manifest(root, verify_hashes: bool = True, backend: str | None = None) -> Manifest:
     """Validates ``root/linexport.json`` with the exporter's own schema check (one schema, one
-    checker), then the TensorRT engines it records, if any."""
+    checker), then checks the files ``backend`` loads (all recorded files when None): that they
+    exist and, with ``verify_hashes``, match their sha256 (see the module docstring)."""
+    if backend is not None and backend not in _BACKEND_FILES:
+        raise LinexportError(f"unknown backend {backend!r}: expected one of {', '.join(_BACKEND_FILES)}")
     root = Path(root)
     if root.name == MANIFEST_NAME:
         root = root.parent
-    data = load_manifest(root, verify_hashes=verify_hashes)
-    for entry in engine_files(data):
-        _check_engine(root / entry["file"], entry["sha256"], verify_hashes)
+    data = load_manifest(root, verify_hashes=False)
+    if backend in (None, "ort"):
+        for entry in graph_files(data):
+            verify_file(root, entry["file"], entry["sha256"], verify_hashes)
+    if backend in (None, "trt"):
+        for entry in engine_files(data):
+            _check_engine(root / entry["file"], entry["sha256"], verify_hashes)
+    for entry in tokenizer_files(data):  # every backend's Model loads the tokenizer
+        verify_file(root, entry["file"], entry["sha256"], verify_hashes)
     return Manifest(root, data)
 
 
 def _check_engine(path: Path, sha256: str, verify: bool):
     if not path.exists():
         raise LinexportError(f"{path} is missing: rebuild the engines with `linexport trt {path.parent}`")
-    if verify and file_sha256(path) != sha256:
+    if verify and cached_sha256(path) != sha256:
         raise LinexportError(f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: it was "
                              f"modified or replaced after the build; rebuild with `linexport trt`")

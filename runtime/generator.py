@@ -6,10 +6,15 @@
         for seq, token in gen.step():
             ...
 
+Every decode step names the slots it advances (``Backend.decode(slots, ...)``): ``step``
+the live sequences that take a token, ``append_tokens`` only the sequence it feeds. A slot
+that is not named keeps its state bit for bit, so a sequence's state changes only when that
+sequence advances, and nothing is saved or restored around a step.
+
 Because the state is fixed-size, operations a KV-cache runtime must pay O(context) for are
-O(state) here: ``snapshot``/``restore``/``fork`` copy one slot, beam search reorders slots.
-The softmax baseline runs through the same loop; its slots are KV caches, so there these
-operations (and keeping bystander rows in ``_decode``) do cost O(context).
+O(state) here: ``snapshot``/``restore`` copy one slot to and from the host, ``fork`` copies
+one slot on the backend's device, beam search reorders slots. The softmax baseline runs
+through the same loop; its slots are KV caches, so there these operations cost O(context).
 """
 
 from __future__ import annotations
@@ -126,31 +131,32 @@ class Generator:
             else:
                 to_feed.append(seq)
         if to_feed:
-            self._decode({s.slot: s for s in to_feed})
+            self._decode(to_feed, [s.tokens[-1] for s in to_feed])
         return emitted
 
     def append_tokens(self, seq: Sequence, tokens) -> None:
-        """Feeds more input (e.g. the user's next turn) into a live sequence, one step per token."""
+        """Feeds more input (e.g. the user's next turn) into a live sequence, one step per token.
+        Only ``seq``'s slot advances; every other sequence is left as it was."""
+        if seq.done or not (0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq):
+            raise LinexportError(f"expected a live sequence of this Generator, got sequence {seq.id} "
+                                 f"({'finished: ' + str(seq.finish_reason) if seq.done else 'not in its slot'}); "
+                                 "fork or restore a snapshot of it to continue it")
         for token in self._encode(tokens):
             seq.tokens.append(token)
-            self._decode({seq.slot: seq}, feed=lambda s: token)
+            self._decode([seq], [token])
         seq.prompt_len = len(seq.tokens)
 
-    def _decode(self, by_slot: dict[int, Sequence], feed: Callable | None = None):
-        n = max(by_slot) + 1
-        ids = np.zeros(n, np.int64)
-        pos = np.zeros(n, np.int64)
-        for slot, seq in by_slot.items():
-            ids[slot] = feed(seq) if feed else seq.tokens[-1]
-            pos[slot] = seq.position
-        # Rows of other live sequences inside 0..n-1 must not advance: save and restore them.
-        bystanders = {s.slot: self.backend.get_state(s.slot) for s in self.active[:]
-                      if s.slot < n and s.slot not in by_slot}
-        logits = self.backend.decode(ids, pos)
-        for slot, state in bystanders.items():
-            self.backend.set_state(slot, state)
-        for slot, seq in by_slot.items():
-            seq.logits = logits[slot].copy()
+    def _decode(self, seqs: list[Sequence], tokens: list[int]):
+        """One decode step advancing exactly ``seqs`` (by their slots) by ``tokens``."""
+        # In slot order: a batch of adjacent slots is one contiguous run, the backends' zero-copy path.
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
+        seqs = [seqs[i] for i in order]
+        slots = np.array([s.slot for s in seqs], np.int64)
+        ids = np.array([tokens[i] for i in order], np.int64)
+        pos = np.array([s.position for s in seqs], np.int64)
+        logits = self.backend.decode(slots, ids, pos)
+        for row, seq in enumerate(seqs):
+            seq.logits = logits[row].copy()
             seq.position += 1
 
     def _finish(self, seq: Sequence, reason: str):
@@ -192,12 +198,29 @@ class Generator:
         return seq
 
     def fork(self, seq: Sequence, params: SamplingParams | None = None) -> Sequence:
-        """A second sequence continuing from the same point (e.g. to sample alternatives)."""
-        snap = self.snapshot(seq)
-        if params is not None:
-            snap.params = params
-            snap.rng_state = np.random.default_rng(params.seed).bit_generator.state
-        return self.restore(snap)
+        """A second sequence continuing from the same point (e.g. to sample alternatives).
+
+        The state is copied slot to slot on the backend (``copy_slot``: no host round trip).
+        Without ``params`` the fork shares ``seq``'s params and random state, so it draws what
+        ``seq`` would; with ``params``, its own (seeded by ``params.seed``)."""
+        if not (0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq):
+            raise LinexportError(f"expected a live sequence of this Generator, got sequence {seq.id} "
+                                 "(finished or removed): restore a snapshot of it instead")
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        if not free:
+            raise LinexportError(f"no free state slot to fork into (max_batch={self.max_batch}); "
+                                 "wait for a sequence to finish or create the Generator with a larger max_batch")
+        slot = free[0]
+        self.backend.copy_slot(seq.slot, slot)
+        if params is None:
+            params, rng = copy.copy(seq.params), np.random.default_rng()
+            rng.bit_generator.state = seq.rng.bit_generator.state
+        else:
+            rng = np.random.default_rng(params.seed)
+        fork = Sequence(next(self._ids), slot, params, list(seq.tokens), seq.prompt_len, seq.position,
+                        seq.logits.copy(), rng)
+        self._slots[slot] = fork
+        return fork
 
     # -- convenience ----------------------------------------------------------------------
     def generate(self, prompt, params: SamplingParams | None = None,
@@ -225,29 +248,69 @@ class Generator:
                 callback(whole[len(text):])
             yield whole[len(text):]
 
-    def beam_search(self, prompt, num_beams: int, max_new_tokens: int,
-                    length_penalty: float = 1.0) -> list[tuple[list[int], float]]:
-        """Beam search by reordering state slots; returns (generated ids, score) best first.
-        Needs an idle generator with at least ``num_beams`` slots."""
+    def beam_search(self, prompt, num_beams: int, max_new_tokens: int, length_penalty: float = 1.0,
+                    stop_tokens: Seq[int] = ()) -> list[tuple[list[int], float]]:
+        """Beam search by reordering state slots; returns up to ``num_beams`` hypotheses as
+        (generated ids, log-probability) pairs, best first. Needs an idle generator with at
+        least ``num_beams`` slots.
+
+        Each step extends the live beams by every token and keeps the ``num_beams`` best
+        extensions by log-probability. An extension that emits one of ``stop_tokens`` is a
+        finished hypothesis (the stop token included) and stops growing; a live beam that
+        reaches ``max_new_tokens`` is finished too. Finished and live hypotheses are ranked
+        together by ``logprob / len ** length_penalty`` (len: generated tokens): 0 ranks by
+        log-probability alone, which favours short hypotheses; larger values favour longer
+        ones. The returned score is the log-probability itself, not the ranking value."""
         if not self.is_done():
             raise LinexportError("beam search needs an idle Generator (no active sequences)")
         if not 1 <= num_beams <= self.max_batch:
             raise LinexportError(f"num_beams must be in [1, {self.max_batch}] (the slots), got {num_beams}")
+        if max_new_tokens < 0:
+            raise LinexportError(f"expected max_new_tokens >= 0, got {max_new_tokens}")
+        stops = sorted({int(t) for t in stop_tokens})
+        if any(not 0 <= t < self.backend.vocab_size for t in stops):
+            raise LinexportError(f"expected stop tokens in [0, {self.backend.vocab_size}), got {stops}")
+        if max_new_tokens == 0:
+            self._encode(prompt)  # the same input checks as a search that runs
+            return [([], 0.0)]
         first = self.add(prompt, SamplingParams(max_new_tokens=max_new_tokens))
         position = first.position
         self.remove(first)
-        beams = [([], 0.0)]  # the first reorder copies slot 0 into every beam's slot
+        is_stop = np.zeros(self.backend.vocab_size, bool)
+        is_stop[stops] = True
+        live, finished = [([], 0.0)], []
+        beam_slots = [first.slot]  # beam i's state lives in slot beam_slots[i]
         logits = first.logits[None]
-        for _ in range(max_new_tokens):
-            logp = _log_softmax(logits)  # [beams, V]
-            scores = np.array([s for _, s in beams])[:, None] + logp
-            flat = np.argsort(-scores, axis=None, kind="stable")[:num_beams]
-            parents, tokens = np.unravel_index(flat, scores.shape)
-            beams = [(beams[p][0] + [int(t)], float(scores[p, t])) for p, t in zip(parents, tokens)]
-            self.backend.permute_slots([int(p) for p in parents])
-            logits = self.backend.decode(np.array(tokens, np.int64), np.full(len(tokens), position, np.int64))
+        for step in range(max_new_tokens):
+            scores = np.array([s for _, s in live])[:, None] + _log_softmax(logits)  # [beams, V]
+            # Every stop extension among the best could push a live one out: look that much deeper.
+            k = min(scores.size, num_beams + len(live) * len(stops))
+            top = np.argpartition(-scores, k - 1, axis=None)[:k] if k < scores.size else np.arange(scores.size)
+            top = top[np.lexsort((top, -scores.ravel()[top]))]  # by score, ties by index (deterministic)
+            parents, tokens = [], []
+            for flat in top:
+                p, t = np.unravel_index(flat, scores.shape)
+                hyp = (live[p][0] + [int(t)], float(scores[p, t]))
+                if is_stop[t]:
+                    finished.append(hyp)
+                elif len(parents) < num_beams:
+                    parents.append(int(p))
+                    tokens.append(int(t))
+            live = [(live[p][0] + [t], float(scores[p, t])) for p, t in zip(parents, tokens)]
+            if not live or step == max_new_tokens - 1:
+                break  # the last step's tokens need no decode: nothing reads their logits
+            self.backend.permute_slots([beam_slots[p] for p in parents])
+            beam_slots = list(range(len(live)))
+            logits = self.backend.decode(np.array(beam_slots, np.int64), np.array(tokens, np.int64),
+                                         np.full(len(tokens), position, np.int64))
             position += 1
-        return sorted(beams, key=lambda b: b[1] / (len(b[0]) ** length_penalty), reverse=True)
+        ranked = sorted(finished + live, key=lambda h: _normalized(h, length_penalty), reverse=True)
+        return ranked[:num_beams]
+
+
+def _normalized(hyp: tuple[list[int], float], length_penalty: float) -> float:
+    tokens, logprob = hyp
+    return logprob / (len(tokens) ** length_penalty) if tokens else logprob
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

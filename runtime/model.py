@@ -16,12 +16,17 @@ class Model:
     backend: "ort" (ONNX Runtime) or "trt" (TensorRT engines); device: "cpu" or "cuda";
     num_slots: how many sequences can decode at once (state rows allocated up front).
     tokenizer: any object with ``encode``/``decode``/``stream_decoder``; default from the manifest.
+    verify_hashes: check the files the backend loads against their recorded sha256 (only those:
+    the .onnx graphs for "ort", the engines and plugin library for "trt"; digests are cached per
+    process, so reopening an unchanged export re-reads nothing; see runtime/export_dir.py).
+
+    ``close()`` (or ``with Model(...) as m:``) releases the backend's device resources.
     """
 
     def __init__(self, path, backend: str = "ort", device: str = "cpu", num_slots: int = 1,
                  tokenizer=None, verify_hashes: bool = True):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path, verify_hashes=verify_hashes)
+        self.manifest = read_manifest(self.path, verify_hashes=verify_hashes, backend=backend)
         self.tokenizer = tokenizer or tokenizer_from_spec(self.manifest.tokenizer, self.path)
         self.backend = create_backend(backend, self.manifest, num_slots, device)
         if self.backend.vocab_size != self.manifest.vocab_size:
@@ -31,3 +36,12 @@ class Model:
     @property
     def vocab_size(self) -> int:
         return self.manifest.vocab_size
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

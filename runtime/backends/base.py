@@ -1,10 +1,12 @@
-"""The interface every runtime backend implements (ONNX Runtime now, TensorRT next).
+"""The interface every runtime backend implements (ONNX Runtime, TensorRT).
 
-A backend owns a pool of ``num_slots`` state rows. Sequences live in slots; ``prefill`` writes
-new sequences' states into their slots and ``decode`` advances the first ``n`` slots by one
-token. Free slots inside that prefix are stepped too (their state is garbage and is
-overwritten when a sequence joins), which keeps every decode step zero-copy: the pool's
-leading rows are one contiguous block that the graph reads and writes in place.
+A backend owns a pool of ``num_slots`` state rows. Sequences live in slots, and every call
+that changes state names the slots it changes: ``prefill(..., slots)`` writes new sequences'
+states into ``slots``, ``decode(slots, ...)`` advances exactly ``slots`` by one token. **A slot
+that is not named keeps its state bit for bit** (free or live, whatever its index): a
+sequence's state changes only when that sequence advances. How a backend keeps that cheap
+(zero-copy when the named slots form one contiguous block of its pools, a gather of the named
+rows otherwise) is in its module docstring; no backend ever pays for the slots it leaves alone.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ class Backend(ABC):
     @abstractmethod
     def prefill(self, input_ids: np.ndarray, lengths: np.ndarray, slots: Sequence[int]) -> np.ndarray:
         """input_ids [n, T] int64 right-padded, lengths [n] -> last-token logits [n, V] (fp32).
-        Each sequence's state lands in ``slots[i]``."""
+        Row i's state lands in ``slots[i]``; no other slot changes."""
 
     @abstractmethod
-    def decode(self, input_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """input_ids [n] and positions [n] for slots 0..n-1 -> logits [n, V] (fp32)."""
+    def decode(self, slots: Sequence[int], input_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """slots [n] (distinct), input_ids [n] and positions [n] -> logits [n, V] (fp32).
+
+        Row i feeds ``input_ids[i]`` at ``positions[i]`` to the sequence in ``slots[i]`` and
+        advances that slot's state; row i of the logits is its next-token distribution. Every
+        slot not in ``slots`` keeps its state bit for bit."""
 
     @abstractmethod
     def get_state(self, slot: int) -> dict[str, np.ndarray]:
@@ -41,11 +47,76 @@ class Backend(ABC):
 
     @abstractmethod
     def copy_slot(self, src: int, dst: int) -> None:
-        """dst's state becomes a copy of src's (fork)."""
+        """dst's state becomes a copy of src's (fork); no other slot changes."""
 
     @abstractmethod
     def permute_slots(self, order: Sequence[int]) -> None:
-        """Slot i takes the state slot ``order[i]`` had (beam search reordering)."""
+        """Slot i takes the state slot ``order[i]`` had, for i < len(order) (beam search
+        reordering); slots from len(order) on keep theirs."""
+
+    def close(self) -> None:
+        """Releases what the backend holds outside Python's memory (device buffers, streams,
+        CUDA graphs). Host-memory backends hold nothing of the kind: a no-op. The backend is
+        unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- argument checks shared by the backends ------------------------------------------
+    def _check_slot(self, slot, what: str = "slot") -> int:
+        if isinstance(slot, (bool, np.bool_)) or not isinstance(slot, (int, np.integer)):
+            raise LinexportError(f"expected {what} to be an int slot index, got {slot!r}")
+        if not 0 <= slot < self.num_slots:
+            raise LinexportError(f"expected {what} in [0, {self.num_slots}) (the backend's state slots), "
+                                 f"got {slot}; create the Model with more num_slots")
+        return int(slot)
+
+    def _check_slots(self, slots, rows: int, what: str) -> np.ndarray:
+        """``slots`` as an int64 array [rows] of distinct in-range slot indices."""
+        arr = np.asarray(slots)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise LinexportError(f"{what}: expected slots as a 1-D sequence of ints, got {slots!r}")
+        arr = arr.astype(np.int64)
+        if len(arr) != rows:
+            raise LinexportError(f"{what}: expected one slot per row ({rows} rows), got {len(arr)} slots "
+                                 f"{arr.tolist()}")
+        if not 1 <= rows <= self.num_slots:
+            raise LinexportError(f"{what}: expected 1..{self.num_slots} rows (the backend's state slots), "
+                                 f"got {rows}")
+        bad = arr[(arr < 0) | (arr >= self.num_slots)]
+        if bad.size:
+            raise LinexportError(f"{what}: expected slots in [0, {self.num_slots}), got {bad.tolist()}; "
+                                 "create the Model with more num_slots")
+        if len(np.unique(arr)) != len(arr):
+            raise LinexportError(f"{what}: expected distinct slots (one sequence per slot), got "
+                                 f"{arr.tolist()}: a slot advanced twice in one step would lose a token")
+        return arr
+
+    def _check_decode_args(self, slots, input_ids, positions):
+        """(slots, input_ids, positions) as int64 arrays [n], after the checks every decode makes."""
+        ids = np.asarray(input_ids).reshape(-1) if np.ndim(input_ids) == 2 else np.asarray(input_ids)
+        pos = np.asarray(positions)
+        if ids.ndim != 1 or pos.ndim != 1 or len(ids) != len(pos):
+            raise LinexportError(f"decode: expected input_ids [n] and positions [n], got shapes "
+                                 f"{np.shape(input_ids)} and {np.shape(positions)}")
+        slots = self._check_slots(slots, len(ids), "decode")
+        return slots, ids.astype(np.int64), pos.astype(np.int64)
+
+    def _check_order(self, order) -> list[int]:
+        order = [int(o) for o in order]
+        if len(order) > self.num_slots or any(not 0 <= o < self.num_slots for o in order):
+            raise LinexportError(f"permute_slots: expected at most {self.num_slots} entries in "
+                                 f"[0, {self.num_slots}), got {order}")
+        return order
+
+
+def contiguous_run(slots: np.ndarray) -> int | None:
+    """The first slot if ``slots`` is ``start, start+1, ..., start+n-1`` (in that order), else None."""
+    start = int(slots[0])
+    return start if np.array_equal(slots, np.arange(start, start + len(slots))) else None
 
 
 def checked_state(state: dict, name: str, shape: tuple) -> np.ndarray:

@@ -2,6 +2,11 @@
 
 libcudart comes with onnxruntime-gpu / TensorRT installs. Used only on machines with a GPU;
 never imported at ``import linexport.runtime``.
+
+Lifetimes: what this module creates is released explicitly, never left to process exit. A
+``CudaGraph`` keeps both the captured graph and its executable instance and ``destroy()``s
+both (cudaGraphExecDestroy, cudaGraphDestroy); a stream from ``stream()`` goes back through
+``destroy_stream``; a ``DeviceArray`` ``free()``s its buffer (also on garbage collection).
 """
 
 from __future__ import annotations
@@ -56,24 +61,47 @@ class CudaRuntime:
         self.check(self.lib.cudaStreamCreate(ctypes.byref(s)), "cudaStreamCreate")
         return s.value
 
+    def destroy_stream(self, stream: int):
+        self.check(self.lib.cudaStreamDestroy(ctypes.c_void_p(stream)), "cudaStreamDestroy")
+
     def sync(self, stream: int):
         self.check(self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
 
-    def capture(self, stream: int, launch) -> int:
+    def capture(self, stream: int, launch) -> CudaGraph:
         """Records what ``launch()`` enqueues on ``stream`` into an executable CUDA graph."""
         self.check(self.lib.cudaStreamBeginCapture(ctypes.c_void_p(stream), _CAPTURE_THREAD_LOCAL),
                    "cudaStreamBeginCapture")
-        launch()
         graph = ctypes.c_void_p()
-        self.check(self.lib.cudaStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph)),
-                   "cudaStreamEndCapture")
+        try:
+            launch()
+        finally:
+            # End the capture even if launch() failed: a stream left capturing refuses all work.
+            err = self.lib.cudaStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
+        self.check(err, "cudaStreamEndCapture")
         exe = ctypes.c_void_p()
-        self.check(self.lib.cudaGraphInstantiate(ctypes.byref(exe), graph, ctypes.c_ulonglong(0)),
-                   "cudaGraphInstantiate")
-        return exe.value
+        err = self.lib.cudaGraphInstantiate(ctypes.byref(exe), graph, ctypes.c_ulonglong(0))
+        if err != 0:
+            self.lib.cudaGraphDestroy(graph)
+            self.check(err, "cudaGraphInstantiate")
+        return CudaGraph(self, graph.value, exe.value)
 
-    def launch_graph(self, exe: int, stream: int):
-        self.check(self.lib.cudaGraphLaunch(ctypes.c_void_p(exe), ctypes.c_void_p(stream)), "cudaGraphLaunch")
+    def launch_graph(self, graph: CudaGraph, stream: int):
+        self.check(self.lib.cudaGraphLaunch(ctypes.c_void_p(graph.exe), ctypes.c_void_p(stream)), "cudaGraphLaunch")
+
+
+class CudaGraph:
+    """A captured CUDA graph (``graph``) and its executable instance (``exe``), destroyed together."""
+
+    def __init__(self, cuda: CudaRuntime, graph: int, exe: int):
+        self.cuda, self.graph, self.exe = cuda, graph, exe
+
+    def destroy(self):
+        """Destroys the instance, then the graph it was made from; a second call does nothing."""
+        exe, graph, self.exe, self.graph = self.exe, self.graph, None, None
+        if exe is not None:
+            self.cuda.check(self.cuda.lib.cudaGraphExecDestroy(ctypes.c_void_p(exe)), "cudaGraphExecDestroy")
+        if graph is not None:
+            self.cuda.check(self.cuda.lib.cudaGraphDestroy(ctypes.c_void_p(graph)), "cudaGraphDestroy")
 
 
 class DeviceArray:
@@ -92,31 +120,52 @@ class DeviceArray:
     def row_ptr(self, i: int) -> int:
         return self.ptr + i * self.row_bytes
 
-    def read(self, rows: int | None = None, row: int | None = None) -> np.ndarray:
+    def read(self, rows: int | None = None, row: int | None = None, stream: int | None = None) -> np.ndarray:
+        """Host copy of row ``row``, or of rows 0..rows-1 (all by default). On ``stream``, it
+        is synchronized before returning (the host array is complete)."""
         if row is not None:
             out = np.empty(self.shape[1:], self.dtype)
-            self.cuda.memcpy(out.ctypes.data, self.row_ptr(row), self.row_bytes, D2H)
-            return out
-        rows = self.shape[0] if rows is None else rows
-        out = np.empty((rows, *self.shape[1:]), self.dtype)
-        self.cuda.memcpy(out.ctypes.data, self.ptr, out.nbytes, D2H)
+            self.cuda.memcpy(out.ctypes.data, self.row_ptr(row), self.row_bytes, D2H, stream)
+        else:
+            rows = self.shape[0] if rows is None else rows
+            out = np.empty((rows, *self.shape[1:]), self.dtype)
+            self.cuda.memcpy(out.ctypes.data, self.ptr, out.nbytes, D2H, stream)
+        if stream is not None:
+            self.cuda.sync(stream)
         return out
 
-    def write_row(self, row: int, value: np.ndarray):
+    def write_row(self, row: int, value: np.ndarray, stream: int | None = None):
+        """Row ``row`` = value (shape = one row). On ``stream``, synchronized before returning,
+        so that ``value`` may be freed."""
         value = np.ascontiguousarray(value, dtype=self.dtype)
-        self.cuda.memcpy(self.row_ptr(row), value.ctypes.data, self.row_bytes, H2D)
+        if value.nbytes != self.row_bytes:
+            raise LinexportError(f"expected a row of shape {self.shape[1:]} ({self.dtype}), got {value.shape}")
+        self.cuda.memcpy(self.row_ptr(row), value.ctypes.data, self.row_bytes, H2D, stream)
+        if stream is not None:
+            self.cuda.sync(stream)
 
-    def gather_rows_into(self, dst: DeviceArray, order, stream: int | None = None):
-        """dst row i = self row ``order[i]``; rows past len(order) are copied unchanged."""
-        for i, j in enumerate(order):
-            self.cuda.memcpy(dst.row_ptr(i), self.row_ptr(j), self.row_bytes, D2D, stream)
-        rest = self.shape[0] - len(order)
-        if rest:
-            self.cuda.memcpy(dst.row_ptr(len(order)), self.row_ptr(len(order)), rest * self.row_bytes, D2D, stream)
+    def copy_rows_to(self, dst: DeviceArray, src_rows, dst_rows, stream: int | None = None):
+        """dst row ``dst_rows[i]`` = self row ``src_rows[i]``, device to device; runs of rows
+        consecutive on both sides go as one copy. No row may be both read and written."""
+        pairs = [(int(a), int(b)) for a, b in zip(src_rows, dst_rows)]
+        i = 0
+        while i < len(pairs):
+            j = i + 1
+            while j < len(pairs) and pairs[j] == (pairs[j - 1][0] + 1, pairs[j - 1][1] + 1):
+                j += 1
+            (a, b), count = pairs[i], j - i
+            self.cuda.memcpy(dst.row_ptr(b), self.row_ptr(a), count * self.row_bytes, D2D, stream)
+            i = j
+
+    def free(self):
+        """Frees the device buffer now; a second call (or the later __del__) does nothing."""
+        ptr, self.ptr = self.ptr, None
+        if ptr is not None:
+            self.cuda.free(ptr)
 
     def __del__(self):
         try:
-            self.cuda.free(self.ptr)
+            self.free()
         except Exception:  # interpreter shutdown: the CUDA library may already be gone
             pass
 

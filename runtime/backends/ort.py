@@ -1,9 +1,34 @@
-"""ONNX Runtime backend: CPU or CUDA execution provider, IOBinding, ping-pong state pools.
+"""ONNX Runtime backend: CPU or CUDA execution provider, IOBinding, slot-addressed ping-pong pools.
 
-Per decode step nothing is allocated and no state is copied: the pool of past states is bound
-as the graph's ``past.*`` inputs and a second pool as its ``present.*`` outputs, and the two
-swap roles after the step. On CUDA both pools live on the device; state leaves it only when
-asked for (snapshot) and enters it when a sequence joins (prefill) or is restored.
+Each state has two pools A and B of ``num_slots`` rows, and each slot a *parity*: which of the
+two holds its current state (``_parity[s]``: 0 = A, 1 = B). ``decode(slots, ...)`` takes one
+of two paths:
+
+* **fast path (zero-copy)**: the named slots are one contiguous run ``start..start+n-1``, in
+  that order, all of the same parity p. Rows ``start..start+n-1`` of pool p are bound as the
+  graph's ``past.*`` inputs and the same rows of pool 1-p as its ``present.*`` outputs; the
+  graph reads and writes them in place and those n slots flip parity. No state is copied, and
+  rows outside the run are not bound at all, so every other slot keeps its state bit for bit.
+* **gather path**: any other set of slots (a gap, another order, mixed parities). The named
+  rows are copied into a staging pool (allocated on first use), the graph runs on staging
+  rows 0..n-1 into a second staging pool, and the results are copied back into the named
+  slots' rows of pool A (their parity becomes 0). Cost: 2n row copies, O(named rows), never
+  O(bystanders). Writing back to A, rather than to each slot's other pool, makes the parities
+  of a batch that went through this path uniform again, so that the next step over a
+  contiguous run (the common case: every live sequence, no gaps) is back on the fast path.
+
+``get_state`` reads a slot's row in the pool its parity names. A state written whole into a
+slot (``prefill``, ``set_state``, ``copy_slot``'s destination) may go to either pool at the same
+cost: it goes to the pool of the slot's lower neighbour (slot 0: its upper one), so that a
+sequence joining beside running ones (the Generator fills the lowest free slot) extends their
+same-parity run and the next step stays on the fast path. ``permute_slots`` writes slot i's
+new state into the pool slot i's state is *not* in and flips its parity, which never
+overwrites a row that is still to be read (the sources are rows (j, parity j), the
+destinations rows (i, 1 - parity i)). Each touches only the slots it names.
+
+On CUDA all pools live on the device; state leaves it only when asked for (snapshot) and
+enters it when a sequence joins (prefill) or is restored. Logits come back as a fresh host
+array [n, V] (fp32) in the order of ``slots``.
 """
 
 from __future__ import annotations
@@ -14,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend, checked_state
+from linexport.runtime.backends.base import Backend, checked_state, contiguous_run
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -75,32 +100,61 @@ class OrtBackend(Backend):
             self._state_meta[name] = (shape, _NP_TYPES[info.type])
 
         self._io = _CudaBuffers() if device == "cuda" else _HostBuffers()
-        # Two pools per state: `_past` is read by the next step, `_next` is written by it.
-        self._past = {n: self._io.zeros((num_slots, *s), t) for n, (s, t) in self._state_meta.items()}
-        self._next = {n: self._io.zeros((num_slots, *s), t) for n, (s, t) in self._state_meta.items()}
+        # Pools A and B per state; slot s's current state is in self._pools[self._parity[s]].
+        self._pools = tuple(self._new_pool() for _ in range(2))
+        self._parity = np.zeros(num_slots, np.uint8)
+        self._staging = None  # (past, present) pools for the gather path, made on first use
         self._logits = self._io.zeros((num_slots, self.vocab_size), self._logits_dtype)
         self._ids = np.zeros((num_slots, 1), np.int64)
         self._pos = np.zeros((num_slots,), np.int64)
         self._binding = self._decode.io_binding()
 
+    def _new_pool(self) -> dict:
+        return {n: self._io.zeros((self.num_slots, *s), t) for n, (s, t) in self._state_meta.items()}
+
     # -- graphs ---------------------------------------------------------------------------
     def prefill(self, input_ids, lengths, slots):
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        if input_ids.ndim != 2 or lengths.shape != (input_ids.shape[0],):
+            raise LinexportError(f"prefill: expected input_ids [n, T] and lengths [n], got shapes "
+                                 f"{input_ids.shape} and {lengths.shape}")
+        slots = self._check_slots(slots, input_ids.shape[0], "prefill")
         outputs = self._prefill.run(None, {"input_ids": input_ids, "lengths": lengths})
         names = [o.name for o in self._prefill.get_outputs()]
         result = dict(zip(names, outputs))
         for row, slot in enumerate(slots):
+            pool = self._place(slot)
             for name in self.state_names:
-                self._io.write_row(self._past[name], slot, result[f"present.{name}"][row])
+                self._io.write_row(pool[name], slot, result[f"present.{name}"][row])
         return result["logits"].astype(np.float32, copy=False)
 
-    def decode(self, input_ids, positions):
-        n = len(input_ids)
-        if not 1 <= n <= self.num_slots:
-            raise LinexportError(f"expected 1..{self.num_slots} rows to decode, got {n}")
-        self._ids[:n, 0] = input_ids
-        self._pos[:n] = positions
+    def decode(self, slots, input_ids, positions):
+        slots, ids, pos = self._check_decode_args(slots, input_ids, positions)
+        n = len(slots)
+        self._ids[:n, 0] = ids
+        self._pos[:n] = pos
+        start = contiguous_run(slots)
+        if start is not None and (self._parity[slots] == self._parity[start]).all():
+            p = int(self._parity[start])
+            self._run(self._pools[p], self._pools[1 - p], start, n)
+            self._parity[start:start + n] ^= 1
+        else:
+            past, present = self._staging_pools()
+            rows = np.arange(n)
+            for name in self.state_names:
+                for p in (0, 1):
+                    mine = self._parity[slots] == p
+                    if mine.any():
+                        self._io.copy_rows(self._pools[p][name], slots[mine], past[name], rows[mine])
+            self._run(past, present, 0, n)
+            for name in self.state_names:
+                self._io.copy_rows(present[name], rows, self._pools[0][name], slots)
+            self._parity[slots] = 0
+        return self._io.to_host(self._logits, n).astype(np.float32)
+
+    def _run(self, past: dict, present: dict, start: int, n: int):
+        """One decode step reading rows start..start+n-1 of ``past``, writing those of ``present``."""
         b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
@@ -108,32 +162,65 @@ class OrtBackend(Backend):
         b.bind_cpu_input("position", self._pos[:n])
         for name in self.state_names:
             shape, dtype = self._state_meta[name]
-            self._io.bind(b, "input", f"past.{name}", self._past[name], n, shape, dtype)
-            self._io.bind(b, "output", f"present.{name}", self._next[name], n, shape, dtype)
-        self._io.bind(b, "output", "logits", self._logits, n, (self.vocab_size,), self._logits_dtype)
+            self._io.bind(b, "input", f"past.{name}", past[name], start, n, shape, dtype)
+            self._io.bind(b, "output", f"present.{name}", present[name], start, n, shape, dtype)
+        self._io.bind(b, "output", "logits", self._logits, 0, n, (self.vocab_size,), self._logits_dtype)
         self._decode.run_with_iobinding(b)
-        # Rows n.. of the new pool were not written: they belong to free slots (see Backend).
-        self._past, self._next = self._next, self._past
-        return self._io.to_host(self._logits, n).astype(np.float32, copy=False)
+
+    def _staging_pools(self):
+        if self._staging is None:
+            self._staging = (self._new_pool(), self._new_pool())
+        return self._staging
 
     # -- state ----------------------------------------------------------------------------
+    def _row_pool(self, slot) -> dict:
+        return self._pools[self._parity[slot]]
+
+    def _place(self, slot: int) -> dict:
+        """The pool a state written whole into ``slot`` goes to (prefill, restore, copy): the
+        one its lower neighbour's state is in (for slot 0, its upper one's), recorded as the
+        slot's parity. Either pool costs the same write, and a sequence that joins next to
+        running ones (the lowest free slot) then continues the contiguous, zero-copy run."""
+        q = int(self._parity[slot - 1 if slot > 0 else min(1, self.num_slots - 1)])
+        self._parity[slot] = q
+        return self._pools[q]
+
     def get_state(self, slot):
-        return {n: self._io.read_row(self._past[n], slot) for n in self.state_names}
+        slot = self._check_slot(slot)
+        pool = self._row_pool(slot)
+        return {n: self._io.read_row(pool[n], slot) for n in self.state_names}
 
     def set_state(self, slot, state):
-        for name in self.state_names:
+        slot = self._check_slot(slot)
+        values = {}
+        for name in self.state_names:  # check all before writing any: no half-restored slot
             shape, dtype = self._state_meta[name]
-            self._io.write_row(self._past[name], slot, checked_state(state, name, shape).astype(dtype, copy=False))
+            values[name] = checked_state(state, name, shape).astype(dtype, copy=False)
+        pool = self._place(slot)
+        for name, value in values.items():
+            self._io.write_row(pool[name], slot, value)
 
     def copy_slot(self, src, dst):
+        src, dst = self._check_slot(src, "src"), self._check_slot(dst, "dst")
+        if src == dst:
+            return
+        source = self._row_pool(src)
+        target = self._place(dst)  # row dst of either pool is dst's own: src's row is never overwritten
         for name in self.state_names:
-            self._io.write_row(self._past[name], dst, self._io.read_row(self._past[name], src))
+            self._io.copy_rows(source[name], [src], target[name], [dst])
 
     def permute_slots(self, order: Sequence[int]):
-        order = list(order)
+        order = np.asarray(self._check_order(order), np.int64)
+        k = len(order)
+        dst = np.arange(k)
+        src_parity, dst_parity = self._parity[order], 1 - self._parity[:k]
         for name in self.state_names:
-            self._io.gather_rows(self._past[name], self._next[name], order)
-            self._past[name], self._next[name] = self._next[name], self._past[name]
+            for ps in (0, 1):
+                for pd in (0, 1):
+                    sel = (src_parity == ps) & (dst_parity == pd)
+                    if sel.any():
+                        self._io.copy_rows(self._pools[ps][name], order[sel], self._pools[pd][name], dst[sel])
+        self._parity[:k] ^= 1
 
 
 class _HostBuffers:
@@ -142,8 +229,8 @@ class _HostBuffers:
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype)
 
-    def bind(self, binding, kind, name, pool, n, shape, dtype):
-        view = pool[:n]
+    def bind(self, binding, kind, name, pool, start, n, shape, dtype):
+        view = pool[start:start + n]
         ptr = view.__array_interface__["data"][0]
         getattr(binding, f"bind_{kind}")(name, "cpu", 0, dtype, [n, *shape], ptr)
 
@@ -156,10 +243,9 @@ class _HostBuffers:
     def write_row(self, pool, slot, value):
         pool[slot] = value
 
-    def gather_rows(self, src, dst, order):
-        dst[: len(order)] = src[order]
-        if len(order) < len(src):
-            dst[len(order):] = src[len(order):]
+    def copy_rows(self, src, src_rows, dst, dst_rows):
+        """dst[dst_rows[i]] = src[src_rows[i]]; the rows read are copied before any is written."""
+        dst[np.asarray(dst_rows)] = src[np.asarray(src_rows)]
 
 
 class _CudaBuffers:
@@ -176,8 +262,8 @@ class _CudaBuffers:
 
         return DeviceArray(self._cuda, shape, dtype)
 
-    def bind(self, binding, kind, name, pool, n, shape, dtype):
-        getattr(binding, f"bind_{kind}")(name, "cuda", 0, dtype, [n, *shape], pool.ptr)
+    def bind(self, binding, kind, name, pool, start, n, shape, dtype):
+        getattr(binding, f"bind_{kind}")(name, "cuda", 0, dtype, [n, *shape], pool.row_ptr(start))
 
     def to_host(self, pool, n):
         return pool.read(rows=n)
@@ -188,5 +274,7 @@ class _CudaBuffers:
     def write_row(self, pool, slot, value):
         pool.write_row(slot, value)
 
-    def gather_rows(self, src, dst, order):
-        src.gather_rows_into(dst, order)
+    def copy_rows(self, src, src_rows, dst, dst_rows):
+        # Callers never pass a row that is both read and written (see the module docstring),
+        # so row-by-row device copies in any order are safe.
+        src.copy_rows_to(dst, src_rows, dst_rows)

@@ -2,12 +2,14 @@
 
 Each state is a host pool ``[num_slots, ..., capacity, ...]`` (the cache axis where the manifest
 says ``past_seq``) plus one length per slot: the tokens that slot has cached. A decode step over
-rows 0..n-1 passes ``pool[:n]`` cut to L = the largest position among the rows (a copy: the
-graph takes a dense ``[n, H, L, D]``), and from each row's ``present`` keeps only the entry the
-step wrote, at that row's ``position`` (contract/manifest.py: shorter rows are padding the graph
-masks out). Pools double when a sequence outgrows them. The cache stays in host memory on any
-device: a baseline to compare against, not a tuned KV runtime. The fixed-state archs keep the
-zero-copy path of ``OrtBackend``.
+``slots`` gathers ``pool[slots]`` cut to L = the largest position among the rows (a copy in any
+case: the graph takes a dense ``[n, H, L, D]``, so there is no zero-copy path to keep), and from
+each row's ``present`` writes back only the entry the step wrote, at that row's ``position``,
+into that row's slot (contract/manifest.py: shorter rows are padding the graph masks out). Only
+the named slots are read or written, so every other slot keeps its cache bit for bit, and a
+step costs O(named rows x L), never O(bystanders). Pools double when a sequence outgrows them.
+The cache stays in host memory on any device: a baseline to compare against, not a tuned KV
+runtime. The fixed-state archs keep the zero-copy path of ``OrtBackend``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class OrtKvCacheBackend(Backend):
     def prefill(self, input_ids, lengths, slots):
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        if input_ids.ndim != 2 or lengths.shape != (input_ids.shape[0],):
+            raise LinexportError(f"prefill: expected input_ids [n, T] and lengths [n], got shapes "
+                                 f"{input_ids.shape} and {lengths.shape}")
+        slots = self._check_slots(slots, input_ids.shape[0], "prefill")
         outputs = self._prefill.run(None, {"input_ids": input_ids, "lengths": lengths})
         result = dict(zip([o.name for o in self._prefill.get_outputs()], outputs))
         self._reserve(input_ids.shape[1])
@@ -65,38 +71,43 @@ class OrtKvCacheBackend(Backend):
             self._lengths[slot] = n
         return result["logits"].astype(np.float32, copy=False)
 
-    def decode(self, input_ids, positions):
-        n = len(input_ids)
-        if not 1 <= n <= self.num_slots:
-            raise LinexportError(f"expected 1..{self.num_slots} rows to decode, got {n}")
-        positions = np.asarray(positions, np.int64)
-        bad = (positions < 0) | (positions > self._lengths[:n])
+    def decode(self, slots, input_ids, positions):
+        slots, ids, positions = self._check_decode_args(slots, input_ids, positions)
+        n = len(slots)
+        cached = self._lengths[slots]
+        bad = (positions < 0) | (positions > cached)
         if bad.any():
             raise LinexportError(f"expected each row's position in [0, its cached tokens "
-                                 f"{self._lengths[:n].tolist()}], got {positions.tolist()}: a position "
+                                 f"{cached.tolist()}], got {positions.tolist()}: a position "
                                  "past the cache would attend to entries that were never written")
         L = int(positions.max())
-        feed = {"input_ids": np.asarray(input_ids, np.int64).reshape(n, 1), "position": positions}
+        feed = {"input_ids": ids.reshape(n, 1), "position": positions}
         for name in self.state_names:
-            feed[f"past.{name}"] = np.ascontiguousarray(self._pools[name][(slice(0, n), *self._along(name, slice(0, L)))])
+            # pool[slots] gathers the named rows (a copy); the cut to L keeps it O(n x L).
+            feed[f"past.{name}"] = np.ascontiguousarray(
+                self._pools[name][(slots, *self._along(name, slice(0, L)))])
         outputs = dict(zip([o.name for o in self._decode.get_outputs()], self._decode.run(None, feed)))
         self._reserve(L + 1)
         rows = np.arange(n)
         for name in self.state_names:
             # The one entry each row's step wrote; the rest of present is that row's past.
-            at = self._entry(name, rows, positions)
-            self._pools[name][at] = outputs[f"present.{name}"][at]
-        self._lengths[:n] = positions + 1
+            self._pools[name][self._entry(name, slots, positions)] = \
+                outputs[f"present.{name}"][self._entry(name, rows, positions)]
+        self._lengths[slots] = positions + 1
         return outputs["logits"].astype(np.float32, copy=False)
 
     # -- state ----------------------------------------------------------------------------
     def get_state(self, slot):
+        slot = self._check_slot(slot)
         n = int(self._lengths[slot])
         return {name: self._pools[name][(slot, *self._along(name, slice(0, n)))].copy() for name in self.state_names}
 
     def set_state(self, slot, state):
+        slot = self._check_slot(slot)
         lengths = set()
         for name in self.state_names:
+            if name not in state:
+                raise LinexportError(f"expected a state holding {name!r}, got keys {sorted(state)}")
             value = np.asarray(state[name])
             axis = self._axis[name] - 1
             expected = tuple("past_seq" if i == axis else d for i, d in enumerate(self._shape[name]))
@@ -114,12 +125,13 @@ class OrtKvCacheBackend(Backend):
         self._lengths[slot] = n
 
     def copy_slot(self, src, dst):
+        src, dst = self._check_slot(src, "src"), self._check_slot(dst, "dst")
         for pool in self._pools.values():
             pool[dst] = pool[src]
         self._lengths[dst] = self._lengths[src]
 
     def permute_slots(self, order: Sequence[int]):
-        order = list(order)
+        order = self._check_order(order)
         for pool in self._pools.values():
             pool[: len(order)] = pool[order]  # fancy indexing reads a copy first: safe in place
         self._lengths[: len(order)] = self._lengths[order]

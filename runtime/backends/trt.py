@@ -1,11 +1,24 @@
-"""TensorRT backend: the engines `linexport trt` built, device buffers allocated once, past/present
-state pools that swap roles each step, and each decode step replayed as a CUDA graph.
+"""TensorRT backend: the engines `linexport trt` built, device buffers allocated once, two state
+pools per state with a per-slot parity, and each decode step replayed as a CUDA graph.
 
 All buffers are allocated at construction, sized by the engines' optimization profile (the
 manifest records it): prefill binds slices of them for any batch and prompt length within the
-profile, decode binds the state pools themselves. One CUDA graph per (rows decoded, ping-pong
-parity): a graph bakes in buffer addresses, and the two parities bind the pools the other way
-round. All work goes on one stream.
+profile. Decode addresses slots as ``OrtBackend`` does (see runtime/backends/ort.py for the
+whole scheme): slot s's state is in pool ``_parity[s]``; when the named slots are one
+contiguous run ``start..start+n-1`` of one parity p, rows ``start..`` of pool p are bound as
+``past.*`` and the same rows of pool 1-p as ``present.*`` (zero-copy) and those slots flip
+parity; otherwise the named rows are gathered (device to device) into a staging pool, the
+step runs there, and the results are scattered back into pool 0 (cost O(named rows)). Slots
+not named are never bound, so their state stays bit for bit.
+
+A CUDA graph bakes in the addresses it was captured with, so there is one graph per binding:
+``("run", start, n, p)`` for the fast path (which rows of which pool are past and present) and
+``("staged", n)`` for the gather path (the staging pools never move). ids, positions and logits
+always bind rows 0..n-1 of their fixed buffers. At most num_slots * (num_slots + 1) + num_slots
+graphs exist; in steady continuous batching only a few are used. All work (copies included)
+goes on the backend's own stream. ``close()`` (also on garbage collection, or at the end of a
+``with`` block) destroys the CUDA graphs (instances and graphs), frees the buffers and destroys
+the stream.
 
 Needs a GPU and TensorRT (`tensorrt` for engines built with --target tensorrt, `tensorrt_rtx`
 for --target rtx); neither exists on our CI machines, where its tests skip with that reason.
@@ -19,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend, checked_state
+from linexport.runtime.backends.base import Backend, checked_state, contiguous_run
 from linexport.tensorrt_flavours import import_tensorrt
 
 
@@ -54,6 +67,8 @@ class _Engine:
 
 class TrtBackend(Backend):
     def __init__(self, manifest, num_slots: int, device: str = "cuda"):
+        # Set first: close() (and __del__) must work on a backend whose construction failed.
+        self._graphs, self._buffers, self._stream, self._closed = {}, [], None, False
         if device != "cuda":
             raise LinexportError(f"the TensorRT backend runs on 'cuda' only, got device {device!r}")
         engines = manifest.engines
@@ -68,7 +83,7 @@ class TrtBackend(Backend):
             raise LinexportError(f"expected 1..{self.max_batch} state slots (the engines' --max-batch), got "
                                  f"{num_slots}; rebuild with `linexport trt --max-batch {num_slots}`")
         trt = import_tensorrt(engines["target"])
-        from linexport.runtime.backends.cuda import CudaRuntime, DeviceArray
+        from linexport.runtime.backends.cuda import CudaRuntime
 
         self._cuda = CudaRuntime()
         if self._cuda.device_count() == 0:
@@ -86,38 +101,90 @@ class TrtBackend(Backend):
         self.vocab_size = manifest.vocab_size
         self.state_names = [s.name for s in manifest.states]
         self._shapes = {s.name: tuple(s.shape[1:]) for s in manifest.states}
+        self._allocate(self._decode.dtypes, self._prefill.dtypes)
+
+    def _allocate(self, d: dict, p: dict):
+        """The stream and every device buffer. ``d``/``p``: tensor name -> numpy dtype of the
+        decode / prefill engine. Needs num_slots, max_batch, max_seq, vocab_size, state_names,
+        _shapes and _cuda."""
         self._stream = self._cuda.stream()
-
-        def pool(rows, shape, dtype):
-            return DeviceArray(self._cuda, (rows, *shape), dtype)
-
-        d, p = self._decode.dtypes, self._prefill.dtypes
-        # decode: two state pools (past / next), ids, positions, logits
-        self._past = {n: pool(num_slots, self._shapes[n], d[f"past.{n}"]) for n in self.state_names}
-        self._next = {n: pool(num_slots, self._shapes[n], d[f"past.{n}"]) for n in self.state_names}
-        self._ids = pool(num_slots, (1,), np.int64)
-        self._pos = pool(num_slots, (), np.int64)
-        self._logits = pool(num_slots, (self.vocab_size,), d["logits"])
-        self._host_ids = np.zeros((num_slots, 1), np.int64)
-        self._host_pos = np.zeros((num_slots,), np.int64)
+        # decode: pools A and B per state (slot s's state is in self._pools[self._parity[s]]),
+        # ids, positions, logits; the gather path's staging pools come on first use.
+        self._pools = tuple({n: self._pool(self.num_slots, self._shapes[n], d[f"past.{n}"])
+                             for n in self.state_names} for _ in range(2))
+        self._parity = np.zeros(self.num_slots, np.uint8)
+        self._staging = None
+        self._bound = None  # the key of the binding the decode context holds now
+        self._state_dtypes = {n: d[f"past.{n}"] for n in self.state_names}
+        self._ids = self._pool(self.num_slots, (1,), np.int64)
+        self._pos = self._pool(self.num_slots, (), np.int64)
+        self._logits = self._pool(self.num_slots, (self.vocab_size,), d["logits"])
+        self._host_ids = np.zeros((self.num_slots, 1), np.int64)
+        self._host_pos = np.zeros((self.num_slots,), np.int64)
         # prefill: the profile's largest inputs and outputs; a call binds their leading part
-        self._prefill_ids = pool(self.max_batch * self.max_seq, (), np.int64)
-        self._prefill_lengths = pool(self.max_batch, (), np.int64)
-        self._prefill_logits = pool(self.max_batch, (self.vocab_size,), p["logits"])
-        self._prefill_states = {n: pool(self.max_batch, self._shapes[n], p[f"present.{n}"]) for n in self.state_names}
-        self._graphs: dict[tuple[int, int], int] = {}
-        self._parity = 0
+        self._prefill_ids = self._pool(self.max_batch * self.max_seq, (), np.int64)
+        self._prefill_lengths = self._pool(self.max_batch, (), np.int64)
+        self._prefill_logits = self._pool(self.max_batch, (self.vocab_size,), p["logits"])
+        self._prefill_states = {n: self._pool(self.max_batch, self._shapes[n], p[f"present.{n}"])
+                                for n in self.state_names}
 
+    def _pool(self, rows, shape, dtype):
+        from linexport.runtime.backends.cuda import DeviceArray
+
+        buf = DeviceArray(self._cuda, (rows, *shape), dtype)
+        self._buffers.append(buf)  # close() frees them all
+        return buf
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self):
+        """Destroys every CUDA graph (instance and graph), frees every device buffer, then
+        destroys the stream. Idempotent; the backend refuses work afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._stream is not None:
+            try:  # let queued work finish before its buffers go; a failed step must not block cleanup
+                self._cuda.sync(self._stream)
+            except LinexportError:
+                pass
+        graphs, self._graphs = list(self._graphs.values()), {}
+        for graph in graphs:
+            graph.destroy()
+        # The execution contexts hold the buffers' addresses: drop them before the buffers.
+        self._prefill = self._decode = None
+        buffers, self._buffers = self._buffers, []
+        for buf in buffers:
+            buf.free()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            self._cuda.destroy_stream(stream)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the CUDA library may already be gone
+            pass
+
+    def _require_open(self):
+        if self._closed:
+            raise LinexportError("this TensorRT backend was closed: open the Model again to keep decoding")
+
+    # -- graphs ---------------------------------------------------------------------------
     def prefill(self, input_ids, lengths, slots):
-        from linexport.runtime.backends.cuda import D2D, H2D
+        from linexport.runtime.backends.cuda import H2D
 
+        self._require_open()
         input_ids = np.ascontiguousarray(input_ids, np.int64)
         lengths = np.ascontiguousarray(lengths, np.int64)
+        if input_ids.ndim != 2 or lengths.shape != (input_ids.shape[0],):
+            raise LinexportError(f"prefill: expected input_ids [n, T] and lengths [n], got shapes "
+                                 f"{input_ids.shape} and {lengths.shape}")
         n, T = input_ids.shape
         if not (1 <= n <= self.max_batch and 1 <= T <= self.max_seq):
             raise LinexportError(f"expected a prefill of 1..{self.max_batch} prompts of 1..{self.max_seq} "
                                  f"tokens (the engines' profile), got {n} x {T}; rebuild with "
                                  "`linexport trt --max-batch/--max-seq`, or split the prompt")
+        slots = self._check_slots(slots, n, "prefill")
         e = self._prefill
         self._cuda.memcpy(self._prefill_ids.ptr, input_ids.ctypes.data, input_ids.nbytes, H2D, self._stream)
         self._cuda.memcpy(self._prefill_lengths.ptr, lengths.ctypes.data, lengths.nbytes, H2D, self._stream)
@@ -128,64 +195,118 @@ class TrtBackend(Backend):
             e.bind(f"present.{name}", self._prefill_states[name].ptr)
         e.run(self._stream, "prefill")
         for row, slot in enumerate(slots):
+            pool = self._place(slot)
             for name in self.state_names:
-                pool, out = self._past[name], self._prefill_states[name]
-                self._cuda.memcpy(pool.row_ptr(slot), out.row_ptr(row), pool.row_bytes, D2D, self._stream)
-        self._cuda.sync(self._stream)
-        return self._prefill_logits.read(rows=n).astype(np.float32, copy=False)
+                self._prefill_states[name].copy_rows_to(pool[name], [row], [slot], self._stream)
+        return self._prefill_logits.read(rows=n, stream=self._stream).astype(np.float32, copy=False)
 
-    def decode(self, input_ids, positions):
+    def decode(self, slots, input_ids, positions):
         from linexport.runtime.backends.cuda import H2D
 
-        n = len(input_ids)
-        if not 1 <= n <= self.num_slots:
-            raise LinexportError(f"expected 1..{self.num_slots} rows to decode, got {n}")
-        self._host_ids[:n, 0] = input_ids
-        self._host_pos[:n] = positions
+        self._require_open()
+        slots, ids, pos = self._check_decode_args(slots, input_ids, positions)
+        n = len(slots)
+        self._host_ids[:n, 0] = ids
+        self._host_pos[:n] = pos
         self._cuda.memcpy(self._ids.ptr, self._host_ids.ctypes.data, n * 8, H2D, self._stream)
         self._cuda.memcpy(self._pos.ptr, self._host_pos.ctypes.data, n * 8, H2D, self._stream)
-        key = (n, self._parity)
-        if key not in self._graphs:
-            self._bind_decode(n)
-            # Run once outside capture: TensorRT may allocate or tune on a new shape.
-            self._decode.run(self._stream, "decode")
-            self._cuda.sync(self._stream)
-            # That run advanced the state into `_next`; the captured replay below recomputes the
-            # same step from the same `_past`, so the result is as if it ran once.
-            self._graphs[key] = self._cuda.capture(self._stream, lambda: self._decode.run(self._stream, "decode"))
-        self._cuda.launch_graph(self._graphs[key], self._stream)
-        self._cuda.sync(self._stream)
-        self._past, self._next = self._next, self._past
-        self._parity ^= 1
-        return self._logits.read(rows=n).astype(np.float32, copy=False)
+        start = contiguous_run(slots)
+        if start is not None and (self._parity[slots] == self._parity[start]).all():
+            p = int(self._parity[start])
+            self._launch(("run", start, n, p), self._pools[p], self._pools[1 - p], start, n)
+            self._parity[start:start + n] ^= 1
+        else:
+            past, present = self._staging_pools()
+            rows = np.arange(n)
+            for name in self.state_names:
+                for q in (0, 1):
+                    mine = self._parity[slots] == q
+                    if mine.any():
+                        self._pools[q][name].copy_rows_to(past[name], slots[mine], rows[mine], self._stream)
+            self._launch(("staged", n), past, present, 0, n)
+            for name in self.state_names:
+                present[name].copy_rows_to(self._pools[0][name], rows, slots, self._stream)
+            self._parity[slots] = 0
+        return self._logits.read(rows=n, stream=self._stream).astype(np.float32)
 
-    def _bind_decode(self, n):
-        e = self._decode
-        e.bind("input_ids", self._ids.ptr, (n, 1))
-        e.bind("position", self._pos.ptr, (n,))
-        for name in self.state_names:
-            e.bind(f"past.{name}", self._past[name].ptr, (n, *self._shapes[name]))
-            e.bind(f"present.{name}", self._next[name].ptr)
-        e.bind("logits", self._logits.ptr)
+    def _launch(self, key, past: dict, present: dict, start: int, n: int):
+        """Replays the CUDA graph of binding ``key`` (rows start..start+n-1 of past/present),
+        capturing it first if this binding is new."""
+        if self._bound != key:
+            # The graph has the addresses baked in, but the context's shapes and addresses are
+            # put back to the ones it was captured with too: what TensorRT keeps per context
+            # then always matches the graph being replayed.
+            e = self._decode
+            e.bind("input_ids", self._ids.ptr, (n, 1))
+            e.bind("position", self._pos.ptr, (n,))
+            for name in self.state_names:
+                e.bind(f"past.{name}", past[name].row_ptr(start), (n, *self._shapes[name]))
+                e.bind(f"present.{name}", present[name].row_ptr(start))
+            e.bind("logits", self._logits.ptr)
+            self._bound = key
+        graph = self._graphs.get(key)
+        if graph is None:
+            e = self._decode
+            # Run once outside capture: TensorRT may allocate or tune on a new shape. It writes
+            # only the present rows of the named slots (not their current state), and the replay
+            # below recomputes the same step from the same past, so the step happens once.
+            e.run(self._stream, "decode")
+            self._cuda.sync(self._stream)
+            graph = self._graphs[key] = self._cuda.capture(self._stream, lambda: e.run(self._stream, "decode"))
+        self._cuda.launch_graph(graph, self._stream)
+
+    def _staging_pools(self):
+        if self._staging is None:
+            self._staging = tuple({n: self._pool(self.num_slots, self._shapes[n], self._state_dtypes[n])
+                                   for n in self.state_names} for _ in range(2))
+        return self._staging
+
+    # -- state ----------------------------------------------------------------------------
+    def _place(self, slot: int) -> dict:
+        """The pool a state written whole into ``slot`` goes to (prefill, restore, copy): its
+        lower neighbour's (slot 0: its upper one's), recorded as its parity, so that a sequence
+        joining next to running ones continues their contiguous, zero-copy run."""
+        q = int(self._parity[slot - 1 if slot > 0 else min(1, self.num_slots - 1)])
+        self._parity[slot] = q
+        return self._pools[q]
 
     def get_state(self, slot):
-        return {n: self._past[n].read(row=slot) for n in self.state_names}
+        self._require_open()
+        slot = self._check_slot(slot)
+        pool = self._pools[self._parity[slot]]
+        return {n: pool[n].read(row=slot, stream=self._stream) for n in self.state_names}
 
     def set_state(self, slot, state):
-        for name in self.state_names:
-            self._past[name].write_row(slot, checked_state(state, name, self._shapes[name]))
+        self._require_open()
+        slot = self._check_slot(slot)
+        values = {n: checked_state(state, n, self._shapes[n]) for n in self.state_names}
+        pool = self._place(slot)
+        for name, value in values.items():
+            pool[name].write_row(slot, value, stream=self._stream)
 
     def copy_slot(self, src, dst):
-        from linexport.runtime.backends.cuda import D2D
-
+        self._require_open()
+        src, dst = self._check_slot(src, "src"), self._check_slot(dst, "dst")
+        if src == dst:
+            return
+        # On the backend's stream, ordered after any queued step (the legacy default stream
+        # would order it by implicit synchronization only).
+        source = self._pools[self._parity[src]]
+        target = self._place(dst)  # row dst of either pool is dst's own: src's row is never overwritten
         for name in self.state_names:
-            pool = self._past[name]
-            self._cuda.memcpy(pool.row_ptr(dst), pool.row_ptr(src), pool.row_bytes, D2D)
+            source[name].copy_rows_to(target[name], [src], [dst], self._stream)
 
     def permute_slots(self, order: Sequence[int]):
+        self._require_open()
+        order = np.asarray(self._check_order(order), np.int64)
+        k = len(order)
+        dst = np.arange(k)
+        # Into the pool each destination slot's state is *not* in: no row read is overwritten.
+        src_parity, dst_parity = self._parity[order], 1 - self._parity[:k]
         for name in self.state_names:
-            self._past[name].gather_rows_into(self._next[name], list(order))
-            self._past[name], self._next[name] = self._next[name], self._past[name]
-        # The pools swapped names but not parity: graphs captured for this parity now bind the
-        # wrong way round, so swap parity too.
-        self._parity ^= 1
+            for ps in (0, 1):
+                for pd in (0, 1):
+                    sel = (src_parity == ps) & (dst_parity == pd)
+                    if sel.any():
+                        self._pools[ps][name].copy_rows_to(self._pools[pd][name], order[sel], dst[sel], self._stream)
+        self._parity[:k] ^= 1

@@ -112,7 +112,7 @@ def test_decode_latency_matches_an_independent_timing(bench_run, runtime_exports
     times = []
     for i in range(20):
         start = time.perf_counter()
-        model.backend.decode(np.full(BATCH, 65), np.full(BATCH, 16 + i))
+        model.backend.decode(np.arange(BATCH), np.full(BATCH, 65), np.full(BATCH, 16 + i))
         times.append(1e3 * (time.perf_counter() - start))
     mine = float(np.median(times[3:]))
     assert 1 / 3 < reported / mine < 3, (reported, mine)

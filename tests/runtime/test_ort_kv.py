@@ -46,7 +46,7 @@ def test_slot_state_is_the_pytorch_cache(softmax_export):
     for row, i in enumerate(ids):
         padded[row, :len(i)] = i
     m.backend.prefill(padded, lengths, [1, 0])  # rows land in swapped slots
-    m.backend.decode(np.array([5, 6]), np.array([lengths[1], lengths[0]]))
+    m.backend.decode([0, 1], np.array([5, 6]), np.array([lengths[1], lengths[0]]))
     for row, slot in ((0, 1), (1, 0)):
         with torch.no_grad():
             _, ref = model.prefill(torch.tensor([ids[row] + [6 if slot else 5]]))
@@ -69,7 +69,7 @@ def test_copy_permute_and_set_state(softmax_export):
     b.set_state(2, s1)
     assert all(np.array_equal(b.get_state(2)[k], s1[k]) for k in s1)
     # Decoding all three rows from their own lengths (4, 2 and 2 cached tokens) is row-independent.
-    logits = b.decode(np.array([7, 7, 7]), np.array([2, 4, 2]))
+    logits = b.decode([0, 1, 2], np.array([7, 7, 7]), np.array([2, 4, 2]))
     np.testing.assert_allclose(logits[0], logits[2], rtol=1e-6, atol=1e-6)
 
 
@@ -78,7 +78,7 @@ def test_errors(softmax_export):
     b = Model(path, num_slots=2).backend
     b.prefill(np.array([[1, 2, 3]]), np.array([3]), [0])
     with pytest.raises(LinexportError, match=r"expected each row's position in \[0, its cached tokens \[3, 0\]\]"):
-        b.decode(np.array([1, 1]), np.array([3, 1]))
+        b.decode([0, 1], np.array([1, 1]), np.array([3, 1]))
     state = b.get_state(0)
     with pytest.raises(LinexportError, match=r"state 0.key: expected shape \(3, 'past_seq', 15\), got \(3, 3, 14\)"):
         b.set_state(1, {**state, "0.key": np.zeros((3, 3, 14), np.float32)})

@@ -15,6 +15,7 @@ from linexport.export.engines import EngineOptions, build_engines
 from linexport.runtime import Generator, Model, SamplingParams
 from linexport.runtime.compare import compare_backends
 from linexport.tensorrt_flavours import TARGETS, is_installed
+from tests.runtime import slot_checks
 
 TARGET = next((t for t in TARGETS if is_installed(t)), None)
 pytestmark = pytest.mark.skipif(TARGET is None, reason="no TensorRT installed (pip install tensorrt-rtx-cu13)")
@@ -39,7 +40,8 @@ def engines(runtime_exports, tmp_path_factory):
     """arch -> export directory with engines for the installed TensorRT flavour."""
     root = tmp_path_factory.mktemp("trt-engines")
     out = {}
-    for arch, (path, _) in runtime_exports.items():
+    for arch in ("linear", "flash"):  # the fixed-state archs TensorRT runs
+        path = runtime_exports[arch][0]
         out[arch] = root / arch
         shutil.copytree(path, out[arch])
         build_engines(out[arch], EngineOptions(target=TARGET, **PROFILE))
@@ -117,3 +119,34 @@ def test_prefill_outside_the_profile_is_refused(engines):
     model = Model(engines["linear"], backend="trt", device="cuda")
     with pytest.raises(LinexportError, match="1..128 tokens"):
         Generator(model).add("x" * 129)
+
+
+@needs_gpu
+def test_decode_leaves_unnamed_slots_bit_identical(engines):
+    """Slots {0, 2, 3} live, 1 free: slot 0 alone 7x then 4x (both pool parities), slot 2 alone,
+    then gap / out-of-order / offset runs (the staged CUDA graphs and ("run", start, n, parity)
+    ones): the slots not named keep their state bit for bit, and all continue as solo runs."""
+    slot_checks.check_decode_advances_only_named_slots(engines["linear"], "trt", "cuda")
+
+
+@needs_gpu
+def test_append_tokens_leaves_other_sequences_untouched(engines):
+    slot_checks.check_append_tokens_leaves_others_untouched(engines["linear"], "trt", "cuda")
+
+
+@needs_gpu
+def test_fork_uses_copy_slot_and_leaves_others_untouched(engines):
+    slot_checks.check_fork_copies_on_the_backend(engines["linear"], "trt", "cuda")
+
+
+@needs_gpu
+def test_close_releases_the_backend(engines):
+    with Model(engines["linear"], backend="trt", device="cuda", num_slots=2) as model:
+        gen = Generator(model)
+        gen.add("x = 1", SamplingParams(max_new_tokens=4))
+        while not gen.is_done():
+            gen.step()
+        assert model.backend._graphs
+    assert model.backend._graphs == {} and model.backend._stream is None
+    with pytest.raises(LinexportError, match="was closed"):
+        model.backend.get_state(0)
