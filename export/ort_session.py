@@ -20,20 +20,15 @@ class OrtGraphs:
     """prefill(input_ids, lengths) and decode(input_ids, position, state) over numpy arrays."""
 
     def __init__(self, root, manifest: dict | None = None, threads: int = 0):
-        import onnxruntime as ort
+        from linexport.runtime.backends.ort import load_session  # the runtime's loader: one set of errors
 
         self.root = Path(root)
         self.manifest = manifest or load_manifest(self.root)
         self.state_names = [s["name"] for s in self.manifest["states"]]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # ORT warns about every fp16 op it cannot constant-fold
-        options.intra_op_num_threads = threads
         self._sessions = {}
         with tempfile.TemporaryDirectory(prefix="linexport-ort-") as tmp:
             for name in ("prefill", "decode"):
-                path = self._runnable_path(name, Path(tmp))
-                self._sessions[name] = ort.InferenceSession(str(path), options,
-                                                            providers=["CPUExecutionProvider"])
+                self._sessions[name] = load_session(self._runnable_path(name, Path(tmp)), threads)
 
     def _runnable_path(self, name: str, tmp: Path) -> Path:
         path = self.root / self.manifest["graphs"][name]["file"]

@@ -56,6 +56,16 @@ class Manifest:
     def states(self) -> list[StateInfo]:
         return [StateInfo(s["name"], tuple(s["shape"]), s["dtype"]) for s in self.data["states"]]
 
+    @property
+    def max_positions(self) -> int | None:
+        """The most tokens a sequence may hold: a model with learned positions has
+        ``max_seq_len`` of them (past that, its graphs would index outside their embedding
+        table); None where positions are unbounded (rotary, sinusoidal)."""
+        config = self.data["config"]
+        if config.get("pos_emb") == "learned" and isinstance(config.get("max_seq_len"), int):
+            return config["max_seq_len"]
+        return None
+
     def graph_path(self, name: str) -> Path:
         return self.root / self.data["graphs"][name]["file"]
 

@@ -74,6 +74,8 @@ class Generator:
                                  f"{self.backend.num_slots} state slots")
         self._slots: list[Sequence | None] = [None] * self.max_batch
         self._ids = itertools.count()
+        # Learned-position models hold at most this many tokens (None: no limit).
+        self._max_positions = getattr(getattr(model, "manifest", None), "max_positions", None)
 
     # -- sequences ------------------------------------------------------------------------
     @property
@@ -91,6 +93,10 @@ class Generator:
         """Prefills several prompts in one ragged batch."""
         params = params or SamplingParams()
         encoded = [self._encode(p) for p in prompts]
+        limit = self._max_positions
+        if limit is not None and max(map(len, encoded), default=0) > limit:
+            raise LinexportError(f"expected prompts of at most {limit} tokens (this model has {limit} learned "
+                                 f"positions), got {max(map(len, encoded))}; shorten the prompt")
         free = [i for i, s in enumerate(self._slots) if s is None]
         if len(encoded) > len(free):
             raise LinexportError(f"{len(encoded)} new sequences but only {len(free)} free state slots "
@@ -126,7 +132,7 @@ class Generator:
             emitted.append((seq, token))
             if token in seq.params.stop_tokens:
                 self._finish(seq, "stop")
-            elif len(seq.generated) >= seq.params.max_new_tokens:
+            elif len(seq.generated) >= seq.params.max_new_tokens or self._full(seq):
                 self._finish(seq, "length")
             else:
                 to_feed.append(seq)
@@ -137,11 +143,14 @@ class Generator:
     def append_tokens(self, seq: Sequence, tokens) -> None:
         """Feeds more input (e.g. the user's next turn) into a live sequence, one step per token.
         Only ``seq``'s slot advances; every other sequence is left as it was."""
-        if seq.done or not (0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq):
-            raise LinexportError(f"expected a live sequence of this Generator, got sequence {seq.id} "
-                                 f"({'finished: ' + str(seq.finish_reason) if seq.done else 'not in its slot'}); "
-                                 "fork or restore a snapshot of it to continue it")
-        for token in self._encode(tokens):
+        self._check_live(seq, "append tokens to")
+        tokens = self._encode(tokens)
+        limit = self._max_positions
+        if limit is not None and seq.position + len(tokens) > limit:
+            raise LinexportError(f"expected at most {limit - seq.position} more tokens for sequence {seq.id} "
+                                 f"(it holds {seq.position} of this model's {limit} learned positions), got "
+                                 f"{len(tokens)}; start a new sequence")
+        for token in tokens:
             seq.tokens.append(token)
             self._decode([seq], [token])
         seq.prompt_len = len(seq.tokens)
@@ -158,6 +167,20 @@ class Generator:
         for row, seq in enumerate(seqs):
             seq.logits = logits[row].copy()
             seq.position += 1
+
+    def _full(self, seq: Sequence) -> bool:
+        """No learned position is left for the token just sampled (it is emitted, not folded)."""
+        return self._max_positions is not None and seq.position >= self._max_positions
+
+    def _check_live(self, seq: Sequence, action: str):
+        """A finished sequence has given its slot back, and the slot may already hold another
+        sequence: acting on it would read or write that other sequence's state."""
+        if seq.done or not (0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq):
+            why = (f"it finished ({seq.finish_reason}) and its state slot {seq.slot} was given back"
+                   if seq.done else "it is not a live sequence of this Generator")
+            raise LinexportError(f"cannot {action} sequence {seq.id}: {why}. Snapshot a sequence while it "
+                                 "is live (before its last step) to continue it later, and restore the "
+                                 "snapshot into a slot")
 
     def _finish(self, seq: Sequence, reason: str):
         seq.done, seq.finish_reason = True, reason
@@ -179,7 +202,9 @@ class Generator:
 
     # -- state operations -----------------------------------------------------------------
     def snapshot(self, seq: Sequence) -> Snapshot:
-        """A copy of the sequence's whole decoding state: O(state size), not O(context)."""
+        """A copy of the sequence's whole decoding state: O(state size), not O(context). Only a
+        live sequence has a state to copy: a finished one is refused (see ``_check_live``)."""
+        self._check_live(seq, "snapshot")
         return Snapshot(self.backend.get_state(seq.slot), copy.copy(seq.params), list(seq.tokens),
                         seq.prompt_len, seq.position, seq.logits.copy(), seq.rng.bit_generator.state)
 
@@ -203,9 +228,7 @@ class Generator:
         The state is copied slot to slot on the backend (``copy_slot``: no host round trip).
         Without ``params`` the fork shares ``seq``'s params and random state, so it draws what
         ``seq`` would; with ``params``, its own (seeded by ``params.seed``)."""
-        if not (0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq):
-            raise LinexportError(f"expected a live sequence of this Generator, got sequence {seq.id} "
-                                 "(finished or removed): restore a snapshot of it instead")
+        self._check_live(seq, "fork")
         free = [i for i, s in enumerate(self._slots) if s is None]
         if not free:
             raise LinexportError(f"no free state slot to fork into (max_batch={self.max_batch}); "
@@ -275,6 +298,12 @@ class Generator:
             return [([], 0.0)]
         first = self.add(prompt, SamplingParams(max_new_tokens=max_new_tokens))
         position = first.position
+        limit = self._max_positions
+        if limit is not None and position + max_new_tokens - 1 > limit:
+            self.remove(first)
+            raise LinexportError(f"expected the prompt ({position} tokens) plus max_new_tokens - 1 to fit "
+                                 f"this model's {limit} learned positions, got {position + max_new_tokens - 1}; "
+                                 "lower max_new_tokens")
         self.remove(first)
         is_stop = np.zeros(self.backend.vocab_size, bool)
         is_stop[stops] = True

@@ -24,6 +24,17 @@ class SamplingParams:
     stop_tokens: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
+        for name in ("max_new_tokens", "top_k"):
+            _require_int(getattr(self, name), name)
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(value):
+                raise LinexportError(f"{name} must be a finite number, got {value!r}")
+        if self.seed is not None:
+            _require_int(self.seed, "seed")
+            if self.seed < 0:
+                raise LinexportError(f"seed must be None or an int >= 0, got {self.seed}")
         checks = [
             (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}"),
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
@@ -34,7 +45,19 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise LinexportError(message)
-        self.stop_tokens = tuple(int(t) for t in self.stop_tokens)
+        if isinstance(self.stop_tokens, (str, bytes)) or not hasattr(self.stop_tokens, "__iter__"):
+            raise LinexportError(f"stop_tokens must be a sequence of int token ids, got {self.stop_tokens!r}")
+        self.stop_tokens = tuple(_require_int(t, "stop_tokens entry") for t in self.stop_tokens)
+        if any(t < 0 for t in self.stop_tokens):
+            raise LinexportError(f"stop_tokens must be token ids >= 0, got {list(self.stop_tokens)}")
+
+
+def _require_int(value, name: str) -> int:
+    """An int (or numpy integer), not a bool and not a float: 65.7 as a token id is a mistake,
+    not token 65."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise LinexportError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:

@@ -16,7 +16,9 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        # surrogateescape: a command-line argument that is not valid UTF-8 reaches Python with
+        # its bytes escaped as lone surrogates; a byte-level model takes those bytes as they are.
+        return list(encode_utf8(text, "surrogateescape"))
 
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
@@ -27,6 +29,16 @@ class ByteTokenizer:
         return lambda token: decoder.decode(bytes([int(token)]))
 
 
+def encode_utf8(text: str, errors: str = "strict") -> bytes:
+    """``text`` as UTF-8, or a LinexportError for a string that has no UTF-8 form (lone surrogates)."""
+    try:
+        return text.encode("utf-8", errors)
+    except UnicodeEncodeError as e:
+        raise LinexportError(f"expected text that can be encoded as UTF-8, got a string with "
+                             f"{e.object[e.start:e.end]!r} at {e.start} (a lone surrogate); pass valid "
+                             "Unicode text or token ids") from None
+
+
 class CallableTokenizer:
     """Wraps ``encode(str) -> list[int]`` and ``decode(list[int]) -> str`` callables."""
 
@@ -34,6 +46,7 @@ class CallableTokenizer:
         self._encode, self._decode = encode, decode
 
     def encode(self, text: str) -> list[int]:
+        encode_utf8(text)  # refused here with the reason, not deep inside the user's tokenizer
         return list(self._encode(text))
 
     def decode(self, ids: Sequence[int]) -> str:

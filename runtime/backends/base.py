@@ -119,11 +119,43 @@ def contiguous_run(slots: np.ndarray) -> int | None:
     return start if np.array_equal(slots, np.arange(start, start + len(slots))) else None
 
 
+def check_pool_size(num_slots: int, bytes_per_slot: int, what: str) -> None:
+    """Refuses a ``num_slots`` whose pools could never fit in this machine's memory, before
+    anything is allocated (numpy would raise a bare MemoryError, or the OS kill the process)."""
+    import os
+
+    if isinstance(num_slots, bool) or not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
+        raise LinexportError(f"expected num_slots to be an int >= 1, got {num_slots!r}")
+    need = int(num_slots) * int(bytes_per_slot)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare against
+        return
+    if need > have:
+        raise LinexportError(f"expected {what} that fit in memory: num_slots={num_slots} needs "
+                             f"{need / 2**30:.1f} GiB ({bytes_per_slot / 2**20:.2f} MiB per slot), this "
+                             f"machine has {have / 2**30:.1f} GiB; lower num_slots")
+
+
 def checked_state(state: dict, name: str, shape: tuple) -> np.ndarray:
     """``state[name]`` as an array of one slot's ``shape`` (set_state's input check)."""
     if name not in state:
         raise LinexportError(f"expected a state holding {name!r}, got keys {sorted(state)}")
-    value = np.asarray(state[name])
+    value = checked_values(state[name], name)
     if value.shape != tuple(shape):
         raise LinexportError(f"state {name}: expected shape {tuple(shape)}, got {value.shape}")
+    return value
+
+
+def checked_values(value, name: str) -> np.ndarray:
+    """A state tensor someone hands in: real floating-point numbers, all finite. A NaN or Inf
+    in a state poisons every later token of the sequence (sampling over NaN probabilities
+    fails, greedy emits token 0 forever), so it is refused where it enters."""
+    value = np.asarray(value)
+    if value.dtype.kind != "f":
+        raise LinexportError(f"state {name}: expected floating-point values (the state is float32), got "
+                             f"dtype {value.dtype}")
+    if not np.isfinite(value).all():
+        raise LinexportError(f"state {name}: expected finite values, got {int((~np.isfinite(value)).sum())} "
+                             "NaN or Inf entries; restore a snapshot taken from a live sequence")
     return value

@@ -178,5 +178,5 @@ def _load():
             return ctypes.CDLL(name)
         except OSError:
             continue
-    raise LinexportError("could not load the CUDA runtime (libcudart): the GPU backends need a CUDA "
-                         "install (pip install onnxruntime-gpu[cuda] or nvidia-cuda-runtime)")
+    raise LinexportError("no GPU here: could not load the CUDA runtime (libcudart), which the GPU "
+                         "backends need (a CUDA install, e.g. pip install nvidia-cuda-runtime); use --backend ort")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend, checked_state, contiguous_run
+from linexport.runtime.backends.base import Backend, check_pool_size, checked_state, contiguous_run
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -67,15 +67,26 @@ def open_sessions(prefill_path: Path, decode_path: Path, num_slots: int, device:
             "device 'cuda' needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime "
             f"offers {available}: pip uninstall onnxruntime && pip install onnxruntime-gpu")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return load_session(prefill_path, threads, providers), load_session(decode_path, threads, providers)
+
+
+def load_session(path: Path, threads: int = 0, providers=("CPUExecutionProvider",)):
+    """One ONNX Runtime session over the graph at ``path``, the one loader of the runtime and of
+    `linexport verify`: every way loading can fail is one LinexportError."""
+    ort = _import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Warnings are expected noise here: for an fp16 graph ORT warns about every node it cannot
+    # constant-fold or place, on every load. Errors still show.
+    opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        return (ort.InferenceSession(str(prefill_path), opts, providers=providers),
-                ort.InferenceSession(str(decode_path), opts, providers=providers))
+        return ort.InferenceSession(str(path), opts, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types per failure kind
-        raise LinexportError(f"ONNX Runtime could not load the graphs: {str(e).splitlines()[0]}") from None
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LinexportError(f"ONNX Runtime could not load {path}: {detail}. The graph is damaged or not "
+                             "what linexport wrote: re-export it") from None
 
 
 class OrtBackend(Backend):
@@ -99,6 +110,9 @@ class OrtBackend(Backend):
                                      "OrtKvCacheBackend (linexport.runtime.Model picks it from the manifest).")
             self._state_meta[name] = (shape, _NP_TYPES[info.type])
 
+        state_bytes = sum(int(np.prod(shape)) * np.dtype(t).itemsize for shape, t in self._state_meta.values())
+        # Pools A and B, and staging for the gather path: up to four copies of every slot.
+        check_pool_size(num_slots, 4 * state_bytes, "state pools")
         self._io = _CudaBuffers() if device == "cuda" else _HostBuffers()
         # Pools A and B per state; slot s's current state is in self._pools[self._parity[s]].
         self._pools = tuple(self._new_pool() for _ in range(2))

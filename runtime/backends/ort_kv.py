@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend
+from linexport.runtime.backends.base import Backend, check_pool_size, checked_values
 from linexport.runtime.backends.ort import _NP_TYPES, open_sessions
 
 INITIAL_CAPACITY = 64  # cached tokens per slot before the first doubling
@@ -49,6 +49,9 @@ class OrtKvCacheBackend(Backend):
             self._shape[name] = tuple(dims)
             self._dtype[name] = _NP_TYPES[inp.type]
         self._capacity = INITIAL_CAPACITY
+        entry_bytes = sum(int(np.prod(self._pool_shape(n, 1)[1:])) * np.dtype(self._dtype[n]).itemsize
+                          for n in self.state_names)
+        check_pool_size(num_slots, INITIAL_CAPACITY * entry_bytes, "KV-cache pools")
         self._pools = {n: np.zeros(self._pool_shape(n, self._capacity), self._dtype[n]) for n in self.state_names}
         self._lengths = np.zeros(num_slots, np.int64)
 
@@ -108,7 +111,7 @@ class OrtKvCacheBackend(Backend):
         for name in self.state_names:
             if name not in state:
                 raise LinexportError(f"expected a state holding {name!r}, got keys {sorted(state)}")
-            value = np.asarray(state[name])
+            value = checked_values(state[name], name)
             axis = self._axis[name] - 1
             expected = tuple("past_seq" if i == axis else d for i, d in enumerate(self._shape[name]))
             if value.ndim != len(expected) or any(v != d for i, (v, d) in enumerate(zip(value.shape, expected))

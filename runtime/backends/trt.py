@@ -78,17 +78,19 @@ class TrtBackend(Backend):
         if manifest.data["full_logits"]:
             raise LinexportError(f"{manifest.root} was exported with --full-logits; the runtime decodes "
                                  "from last-token logits: re-export without it, then `linexport trt`")
-        self.max_batch, self.max_seq = engines["profile"]["batch"][2], engines["profile"]["seq"][2]
-        if not 1 <= num_slots <= self.max_batch:
-            raise LinexportError(f"expected 1..{self.max_batch} state slots (the engines' --max-batch), got "
-                                 f"{num_slots}; rebuild with `linexport trt --max-batch {num_slots}`")
-        trt = import_tensorrt(engines["target"])
+        # No GPU is the first thing to say where there is none: any other complaint (the profile,
+        # TensorRT's version) would send the user rebuilding engines that cannot run here anyway.
         from linexport.runtime.backends.cuda import CudaRuntime
 
         self._cuda = CudaRuntime()
         if self._cuda.device_count() == 0:
             raise LinexportError("the TensorRT backend needs a CUDA GPU, and none is visible to this "
                                  "process (or its driver is older than the CUDA runtime): use --backend ort")
+        self.max_batch, self.max_seq = engines["profile"]["batch"][2], engines["profile"]["seq"][2]
+        if not 1 <= num_slots <= self.max_batch:
+            raise LinexportError(f"expected 1..{self.max_batch} state slots (the engines' --max-batch), got "
+                                 f"{num_slots}; rebuild with `linexport trt --max-batch {num_slots}`")
+        trt = import_tensorrt(engines["target"])
         if manifest.plugin_library is not None:
             from linexport.plugins import load_trt_plugins
 
