@@ -297,7 +297,9 @@ def update_manifest(data: dict, root) -> Path:
     """Validates ``data`` and replaces ``root/linexport.json`` with it in one rename."""
     validate_manifest(data)
     path = Path(root) / MANIFEST_NAME
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    # The temp file goes beside the export, never into the directory a user deploys.
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"),
+                 Path(root).absolute().parent)
     return path
 
 

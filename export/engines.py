@@ -127,13 +127,15 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
               "precision": manifest["precision"], "strongly_typed": True, "tf32": options.tf32,
               "profile": {k: list(v) for k, v in options.ranges.items() if k in _named_dims(manifest)},
               "attention": report.attention, "plugin_library": None, "graphs": {}}
+    # Temp files go beside OUT, not into it: OUT is what a user deploys (and copies whole).
+    beside = out.absolute().parent
     for name, blob in engines.items():
-        atomic_write(out / ENGINE_FILES[name], lambda tmp, blob=blob: Path(tmp).write_bytes(blob))
+        atomic_write(out / ENGINE_FILES[name], lambda tmp, blob=blob: Path(tmp).write_bytes(blob), beside)
         record["graphs"][name] = {"file": ENGINE_FILES[name], "sha256": file_sha256(out / ENGINE_FILES[name])}
     if plugin is not None:
         # The engines need the plugin at load time: ship it inside the export directory, so the
         # directory alone is what a deployment copies.
-        atomic_write(out / plugin.name, lambda tmp: shutil.copyfile(plugin, tmp))
+        atomic_write(out / plugin.name, lambda tmp: shutil.copyfile(plugin, tmp), beside)
         record["plugin_library"] = {"file": plugin.name, "sha256": file_sha256(out / plugin.name)}
     if cache is not None and options.timing_cache is not None:
         atomic_write(options.timing_cache, lambda tmp: Path(tmp).write_bytes(cache))
@@ -146,16 +148,19 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
 
 # -- steps ------------------------------------------------------------------------------------
 def _check_writable(out: Path):
-    """The engines and the updated manifest are written into OUT: try it before building."""
+    """The engines and the updated manifest are written beside OUT and renamed into it: try
+    both places before building."""
     import tempfile
 
-    try:
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise LinexportError(f"expected the export directory {out} to be writable (the engines and the "
-                             f"manifest are written into it), got {type(e).__name__}: {e.strerror or e}; "
-                             "copy the export somewhere writable, or fix its permissions") from None
+    for place in (out, out.absolute().parent):
+        try:
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        except OSError as e:
+            raise LinexportError(f"expected {place} to be writable (the engines and the manifest are "
+                                 f"written {'into' if place == out else 'beside'} the export {out}), got "
+                                 f"{type(e).__name__}: {e.strerror or e}; copy the export somewhere "
+                                 "writable, or fix its permissions") from None
 
 
 def _reexport(out: Path, manifest: dict, precision: str, log) -> str:

@@ -8,11 +8,8 @@ replaces a good one.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from linexport.export.ops import ops_in_model
 from linexport.export.tokenizer import export_tokenizer
 from linexport.contract.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
                                        format_version_for, io_entry, write_manifest)
-from linexport.files import file_sha256
+from linexport.files import clean_stale, file_sha256, publish_dir, temp_dir_beside
 from linexport.models.base import CausalLM
 
 # Protobuf cannot serialise a message over 2 GiB; above this many bytes of weights a graph keeps
@@ -195,33 +192,21 @@ def _weight_bytes(proto: onnx.ModelProto) -> int:
 def _temp_dir_beside(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise LinexportError(f"expected -o to name a directory (or a new path), got the file {out}")
+    # A killed earlier run may have left its temp directory (or, mid-swap, the previous export)
+    # beside OUT: clean up / restore before looking at OUT.
+    clean_stale(out)
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).exists():
         raise LinexportError(f"expected -o to be a new or empty directory or a previous export, got {out}, "
                              f"which holds other files (no {MANIFEST_NAME}); choose another -o")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        return temp_dir_beside(out)
     except OSError as e:
         raise LinexportError(f"expected a writable place for {out}, got {type(e).__name__}: "
                              f"{e.strerror or e}; choose another -o") from None
 
 
 def _publish(tmp: Path, out: Path):
-    """Renames ``tmp`` to ``out``; a previous export at ``out`` is replaced only after that."""
-    # mkdtemp (and onnx's external-data writer) make private files; an export is ordinary output.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for path in tmp.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    """Puts the finished export at ``out``: a kill at any instant leaves the old or the new
+    export there, never neither (linexport/files.py ``publish_dir``)."""
+    publish_dir(tmp, out)
