@@ -71,8 +71,10 @@ _REQUIRED = {"format": str, "format_version": int, "arch": str, "config": dict, 
 
 
 def load_manifest(root, verify_hashes: bool = True) -> dict:
-    """Reads and validates ``root/linexport.json``; with ``verify_hashes`` also checks that
-    every graph file named there exists and matches its recorded sha256."""
+    """Reads and validates ``root/linexport.json``: every file it names lies inside ``root``;
+    with ``verify_hashes`` the files' contents are checked too — every graph, external-data and
+    tokenizer file matches its sha256, and the graphs reference no external data the manifest
+    does not list. Without it the files' contents are trusted as they are."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if root.exists() and not root.is_dir():
@@ -86,10 +88,11 @@ def load_manifest(root, verify_hashes: bool = True) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LinexportError(f"{path} is not valid JSON ({e}); re-export with `linexport onnx`") from None
     validate_manifest(data, where=str(path))
-    check_confined(root, data)
+    check_inside(root, data)
     if verify_hashes:
         for entry in [*graph_files(data), *tokenizer_files(data)]:
             verify_file(root, entry["file"], entry["sha256"])
+        check_external_refs(root, data)  # after the hashes: a tampered graph is reported as tampered
     return data
 
 
@@ -119,38 +122,48 @@ def cached_sha256(path) -> str:
     return digest
 
 
-def check_confined(root, data: dict) -> None:
-    """Every file a validated manifest names, and every external-data file its graphs reference,
-    lies inside ``root`` once symlinks are resolved; a graph references only external files the
-    manifest lists (with their sha256). Run before any parser sees a graph: TensorRT's parser
-    follows a graph's references wherever they point."""
+def check_inside(root, data: dict) -> None:
+    """Every file a validated manifest names lies inside ``root`` once symlinks are resolved:
+    an export is self-contained, and a parser must not be led out of it."""
+    root = Path(root)
+    real_root = root.resolve()
+    for what, entry in _named_files(data):
+        path = (root / entry["file"]).resolve()
+        if path != real_root and real_root not in path.parents:
+            raise LinexportError(f"expected {what} {entry['file']!r} to lie inside {real_root}, but it "
+                                 f"resolves to {path}; an export must be self-contained: re-export it")
+
+
+def check_external_refs(root, data: dict) -> None:
+    """Each graph references only external-data files the manifest lists (with their sha256,
+    checked inside ``root`` by ``check_inside``). Run before any parser sees a graph: TensorRT's
+    parser follows a graph's references wherever they point."""
     from linexport.contract.onnx_refs import external_data_files
 
     root = Path(root)
-    real_root = root.resolve()
-
-    def inside(file: str, what: str):
-        path = (root / file).resolve()
-        if path != real_root and real_root not in path.parents:
-            raise LinexportError(f"expected {what} {file!r} to lie inside {real_root}, but it resolves to "
-                                 f"{path}; an export must be self-contained: re-export it")
-
     for name in GRAPHS:
         graph = data["graphs"][name]
-        inside(graph["file"], f"the {name} graph")
         listed = {PurePosixPath(e["file"]).as_posix() for e in graph["external_data"]}
-        for file in sorted(listed):
-            inside(file, f"the {name} graph's external data")
         graph_path = root / graph["file"]
-        if graph_path.is_file():  # a missing graph is reported by the hash check or the loader
-            referenced = {PurePosixPath(f).as_posix() for f in external_data_files(graph_path)}
-            unlisted = sorted(referenced - listed)
-            if unlisted:
-                raise LinexportError(f"expected the {name} graph to reference only the external data "
-                                     f"{MANIFEST_NAME} lists ({sorted(listed)}), got references to "
-                                     f"{unlisted}; the export was altered: re-export it")
-    for entry in [*tokenizer_files(data), *engine_files(data)]:
-        inside(entry["file"], "the file")
+        if not graph_path.is_file():
+            continue  # reported by the hash check or the loader
+        referenced = {PurePosixPath(f).as_posix() for f in external_data_files(graph_path)}
+        unlisted = sorted(referenced - listed)
+        if unlisted:
+            raise LinexportError(f"expected the {name} graph to reference only the external data "
+                                 f"{MANIFEST_NAME} lists ({sorted(listed)}), got references to "
+                                 f"{unlisted}; the export was altered: re-export it")
+
+
+def _named_files(data: dict) -> list[tuple[str, dict]]:
+    files = []
+    for name in GRAPHS:
+        graph = data["graphs"][name]
+        files.append((f"the {name} graph", graph))
+        files += [(f"the {name} graph's external data", e) for e in graph["external_data"]]
+    files += [("the tokenizer file", e) for e in tokenizer_files(data)]
+    files += [("the engine file", e) for e in engine_files(data)]
+    return files
 
 
 def tokenizer_files(data: dict) -> list[dict]:

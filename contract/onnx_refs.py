@@ -78,6 +78,8 @@ def _fields(buf: memoryview):
             value, i = None, i + 8
         elif wire == 5:
             value, i = None, i + 4
+        elif wire == 3:  # a (deprecated) group: parsers skip it as an unknown field; so do we
+            value, i = None, _skip_group(buf, i, field)
         elif wire == 2:
             length, i = _varint(buf, i)
             if i + length > n:
@@ -88,6 +90,35 @@ def _fields(buf: memoryview):
         if i > n:
             raise ValueError("truncated field")
         yield field, wire, value
+
+
+def _skip_group(buf: memoryview, i: int, field: int) -> int:
+    """Index just past the END_GROUP (wire type 4) that closes group ``field`` opened before ``i``."""
+    depth = 1
+    while True:
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i)
+            i += length
+        elif wire == 3:
+            depth += 1
+        elif wire == 4:
+            depth -= 1
+            if depth == 0:
+                if key >> 3 != field:
+                    raise ValueError("a group closes with another field's end")
+                return i
+        else:
+            raise ValueError(f"unknown wire type {wire}")
+        if i > len(buf):
+            raise ValueError("truncated group")
 
 
 def _varint(buf: memoryview, i: int) -> tuple[int, int]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.contract.manifest import (MANIFEST_NAME, cached_sha256, engine_files, graph_files, load_manifest,
-                                        tokenizer_files, verify_file)  # pure JSON: no torch, no onnx
+from linexport.contract.manifest import (MANIFEST_NAME, cached_sha256, check_external_refs, engine_files,
+                                        graph_files, load_manifest, tokenizer_files, verify_file)  # pure JSON: no torch, no onnx
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ def read_manifest(root, verify_hashes: bool = True, backend: str | None = None) 
     if backend in (None, "ort"):
         for entry in graph_files(data):
             verify_file(root, entry["file"], entry["sha256"], verify_hashes)
+        if verify_hashes:
+            check_external_refs(root, data)  # before ONNX Runtime parses a graph
     if backend in (None, "trt"):
         for entry in engine_files(data):
             _check_engine(root / entry["file"], entry["sha256"], verify_hashes)
