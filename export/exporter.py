@@ -94,6 +94,8 @@ def source_record(checkpoint: Path) -> dict:
 def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering: str, opset: int,
                  dtype: str, full_logits: bool, log, threshold: int) -> dict:
     _check_states(model)
+    # First: a missing or malformed tokenizer fails the export before minutes of tracing.
+    tokenizer = export_tokenizer(meta.get("tokenizer"), Path(source["checkpoint"]).parent, tmp)
     model = model.eval()
     if dtype == "fp16":
         model = copy.deepcopy(model).half()  # state stays fp32: the ops accumulate in fp32
@@ -124,7 +126,7 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
     manifest = {
         "format": FORMAT_TAG, "format_version": format_version_for(states), "linexport_version": __version__,
         "arch": model.arch, "config": model.config_dict(), "vocab_size": int(model.config.vocab_size),
-        "tokenizer": export_tokenizer(meta.get("tokenizer"), Path(source["checkpoint"]).parent, tmp),
+        "tokenizer": tokenizer,
         "precision": dtype, "opset": opset, "full_logits": full_logits,
         "lowering": {"option": lowering, "ops": ops},
         "graphs": entries,
