@@ -26,3 +26,18 @@ def run_steps(model, ids, state=None, start=0):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+TINY_LINEAR = dict(vocab_size=256, d_model=16, n_layers=1, n_heads=2, head_dim=8, d_ff=32)
+
+
+def tiny_linear_export(root, **export_options):
+    """A one-layer linear model saved as ``root/model.pt`` and exported to ``root/out``, for tests
+    of the files around an export rather than its numerics. Returns (checkpoint, out)."""
+    from linexport.export.exporter import export_checkpoint
+    from linexport.models import build_model
+    from linexport.models.checkpoint import save_checkpoint
+
+    save_checkpoint(build_model("linear", TINY_LINEAR), root / "model.pt")
+    export_checkpoint(root / "model.pt", root / "out", **export_options)
+    return root / "model.pt", root / "out"

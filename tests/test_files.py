@@ -13,6 +13,7 @@ import pytest
 
 from linexport import files
 from linexport.files import atomic_write, clean_stale, publish_dir, temp_dir_beside, temp_name
+from tests.conftest import tiny_linear_export
 
 
 def _dead_pid() -> int:
@@ -78,15 +79,7 @@ export_checkpoint(sys.argv[1], sys.argv[2], log=log)
 @pytest.fixture(scope="module")
 def first_export(tmp_path_factory):
     """A tiny checkpoint and its export (made once: tracing is the slow part)."""
-    from linexport.export.exporter import export_checkpoint
-    from linexport.models import build_model
-    from linexport.models.checkpoint import save_checkpoint
-
-    root = tmp_path_factory.mktemp("first")
-    model = build_model("linear", dict(vocab_size=256, d_model=16, n_layers=1, n_heads=2, head_dim=8, d_ff=32))
-    save_checkpoint(model, root / "model.pt")
-    export_checkpoint(root / "model.pt", root / "out")
-    return root / "model.pt", root / "out"
+    return tiny_linear_export(tmp_path_factory.mktemp("first"))
 
 
 @pytest.mark.parametrize("at", ["checking and writing decode.onnx", "wrote"])

@@ -16,20 +16,14 @@ from linexport.cli import main
 from linexport.contract.manifest import MANIFEST_NAME, load_manifest
 from linexport.contract.onnx_refs import external_data_files
 from linexport.errors import LinexportError
-from linexport.export.exporter import export_checkpoint
 from linexport.files import file_sha256
-from linexport.models import build_model
-from linexport.models.checkpoint import save_checkpoint
+from tests.conftest import tiny_linear_export
 
 
 @pytest.fixture(scope="module")
 def external_export(tmp_path_factory):
     """A tiny linear export whose weights all live in <graph>.onnx.data files."""
-    root = tmp_path_factory.mktemp("confined")
-    model = build_model("linear", dict(vocab_size=256, d_model=16, n_layers=1, n_heads=2, head_dim=8, d_ff=32))
-    save_checkpoint(model, root / "model.pt")
-    export_checkpoint(root / "model.pt", root / "out", external_data_threshold=0)
-    return root / "out"
+    return tiny_linear_export(tmp_path_factory.mktemp("confined"), external_data_threshold=0)[1]
 
 
 def _onnx_locations(path) -> set:

@@ -6,24 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from linexport.cli import main
-from linexport.export.exporter import export_checkpoint
-from linexport.models import build_model
-from linexport.models.checkpoint import save_checkpoint
 from linexport.tensorrt_flavours import is_installed
+from tests.conftest import tiny_linear_export
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt-inputs")
-    model = build_model("linear", dict(vocab_size=256, d_model=16, n_layers=1, n_heads=2, head_dim=8, d_ff=32))
-    save_checkpoint(model, root / "model.pt")
-    export_checkpoint(root / "model.pt", root / "out")
-    return root / "out"
+    return tiny_linear_export(tmp_path_factory.mktemp("trt-inputs"))[1]
 
 
 def test_both_precisions_at_once_are_refused(export_dir):
