@@ -68,6 +68,7 @@ def _child(spec: dict) -> dict:
     ids = np.random.default_rng(seq).integers(0, model.vocab_size, (batch, seq), dtype=np.int64)
     lengths = np.full(batch, seq, np.int64)
     slots = list(range(batch))
+    _settle()
     peak_tracking = _reset_peak()
     baseline = _status_bytes("VmRSS")
     start = time.perf_counter()
@@ -82,6 +83,21 @@ def _child(spec: dict) -> dict:
     peak = _status_bytes("VmHWM") - baseline if peak_tracking else None
     return {"seq": seq, "status": "ok", "tokens_per_s": batch * seq / median, "seconds_median": median,
             "seconds": warm, "cold_seconds": cold, "peak_bytes": peak, "baseline_bytes": baseline}
+
+
+def _settle() -> None:
+    """Frees what is already garbage and hands the allocator's free pages back to the OS before
+    the baseline is taken. Memory freed *after* the baseline (a garbage collection the prefill's
+    allocations trigger, a heap trim) would otherwise lower the resident size under the
+    baseline, and the peak over it would undercount what the prefill needed."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _reset_peak() -> bool:
