@@ -1,8 +1,8 @@
 """``linexport.json``: the manifest an export writes beside its graphs, and its validator.
 
-Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout (format 1):
+Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout (format 3):
 
-    {"format": "linexport.export", "format_version": 1, "linexport_version": "0.1.0",
+    {"format": "linexport.export", "format_version": 3, "linexport_version": "0.1.0",
      "arch": "linear", "config": {...}, "vocab_size": 256,
      "tokenizer": {"type": "bytes"},  # or {"type": "json", "file": "tokenizer.json", "sha256": "..."}
      "precision": "fp16",            # activations and logits; states are always float32
@@ -27,12 +27,18 @@ Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout
                  "plugin_library": null,     # or {"file": "liblinexport_trt_plugin.so", "sha256": "..."}
                  "graphs": {"prefill": {"file": "prefill.engine", "sha256": "..."}, "decode": {...}}}}
 
-Graph IO for each state: ``past.{name}`` in (decode) and ``present.{name}`` out (both graphs).
+Graph IO for each state: ``past.{name}`` in and ``present.{name}`` out, in both graphs: the
+prefill continues from a state (contract/graph_io.py) — except for KV-cache states, below.
 
-KV-cache states (format 2). A state's shape may name, once, the dynamic dim ``"past_seq"``
+Format 3 is the first whose fixed-size prefill takes ``position`` and ``past.*``; exports of
+formats 1 and 2 (prefill from zeros only) are refused with the command that re-exports them.
+
+KV-cache states (since format 2). A state's shape may name, once, the dynamic dim ``"past_seq"``
 instead of an int: the number of cached tokens (the softmax baseline's
 ``{"name": "0.key", "shape": ["batch", 4, "past_seq", 64]}``). Its graph IO is then:
 
+- prefill: no ``past.*`` and no ``position`` inputs (it starts from an empty cache: a KV-cache
+  export cannot continue a sequence by prefill; its runtime appends token by token).
 - prefill ``present.{name}``: ``past_seq`` reads ``"seq"`` — one entry per input position;
   entries at padded positions (>= lengths[b]) are zeros and never attended to.
 - decode ``past.{name}``: ``"past_seq"`` (any length L >= 0; L = 0 is the initial state).
@@ -43,15 +49,15 @@ instead of an int: the number of cached tokens (the softmax baseline's
   is required, and ``present`` can be fed back as the next step's ``past`` unchanged. Rows of a
   batch share L; shorter histories are padding that the graph masks out by ``position``.
 
-A manifest with such a state has ``format_version`` 2, so that a linexport which reads only
-format 1 refuses it with "upgrade linexport" rather than misreading it; fixed-size exports are
-still written, and validated, as format 1.
+A linexport that reads only an older format refuses a newer manifest with "upgrade linexport"
+rather than misreading it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path, PurePosixPath
 
 from linexport.errors import LinexportError
@@ -60,7 +66,7 @@ from linexport.files import atomic_write, file_sha256
 
 MANIFEST_NAME = "linexport.json"
 FORMAT_TAG = "linexport.export"
-FORMAT_VERSION = 2  # the newest format this linexport reads; see format_version_for
+FORMAT_VERSION = 3  # the format this linexport writes and reads (older ones: re-export)
 PAST_SEQ = "past_seq"  # the cache-length dim of a KV-cache state (format 2); = models.base.PAST_SEQ
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # --dtype -> activation dtype
 STATE_DTYPE = "float32"
@@ -189,9 +195,14 @@ def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
     if not isinstance(data, dict) or data.get("format") != FORMAT_TAG:
         fail(f"expected a linexport export manifest (format {FORMAT_TAG!r})")
     version = data.get("format_version")
-    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and 1 <= version < FORMAT_VERSION:
+        raise LinexportError(
+            f"{where}: this export was written by an older linexport (manifest format {version}); its "
+            f"prefill graph cannot continue a sequence from a state, which this linexport needs "
+            f"(format {FORMAT_VERSION}). Re-export it: {reexport_command(data, where)}")
+    if version != FORMAT_VERSION:
         raise LinexportError(f"{where}: manifest format version {version!r}; this linexport reads "
-                             f"1 to {FORMAT_VERSION}. Upgrade linexport or re-export.")
+                             f"format {FORMAT_VERSION}. Upgrade linexport or re-export.")
     for key, kind in _REQUIRED.items():
         if not isinstance(data.get(key), kind) or (kind is int and isinstance(data[key], bool)):
             fail(f"expected field {key!r} to be a {kind.__name__}, got {data.get(key)!r}")
@@ -219,21 +230,19 @@ def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
                 and s["shape"].count(PAST_SEQ) <= 1):
             fail(f"expected each state as {{name, shape ['batch', ints... (one of them may be "
                  f"{PAST_SEQ!r})], dtype {STATE_DTYPE!r}}}, got {s!r}")
-        if PAST_SEQ in s["shape"] and version < 2:
-            fail(f"expected format_version 2 for the KV-cache state {s['name']!r} (shape {s['shape']}), "
-                 f"got {version}")
     names = [s["name"] for s in states]
     if len(set(names)) != len(names):
         fail(f"expected unique state names, got {names}")
 
     act = PRECISIONS[data["precision"]]
+    fresh = [_io("input_ids", ["batch", "seq"], "int64"), _io("lengths", ["batch"], "int64")]
+    past = [_io("position", ["batch"], "int64"), *(_io(f"past.{s['name']}", s["shape"], STATE_DTYPE) for s in states)]
     logits_prefill = ["batch", "seq", data["vocab_size"]] if data["full_logits"] else ["batch", data["vocab_size"]]
     expected = {
-        "prefill": ([_io("input_ids", ["batch", "seq"], "int64"), _io("lengths", ["batch"], "int64")],
+        "prefill": ([*fresh, *past] if prefill_continues(data) else fresh,
                     [_io("logits", logits_prefill, act),
                      *(_io(f"present.{s['name']}", _cache_dim(s["shape"], "seq"), STATE_DTYPE) for s in states)]),
-        "decode": ([_io("input_ids", ["batch", 1], "int64"), _io("position", ["batch"], "int64"),
-                    *(_io(f"past.{s['name']}", s["shape"], STATE_DTYPE) for s in states)],
+        "decode": ([_io("input_ids", ["batch", 1], "int64"), *past],
                    [_io("logits", ["batch", data["vocab_size"]], act),
                     *(_io(f"present.{s['name']}", _cache_dim(s["shape"], PRESENT_SEQ), STATE_DTYPE)
                       for s in states)]),
@@ -287,10 +296,33 @@ def _validate_engines(engines, precision: str, fail):
 PRESENT_SEQ = f"{PAST_SEQ}+1"  # the decode graph's present.* cache length
 
 
-def format_version_for(states: list) -> int:
-    """The format a manifest with these state entries is written as: 1 unless a state is a KV
-    cache (then 2), so fixed-size exports stay readable by every format-1 linexport."""
-    return 2 if any(PAST_SEQ in s.get("shape", []) for s in states if isinstance(s, dict)) else 1
+def prefill_continues(data: dict) -> bool:
+    """Whether the export's prefill graph continues from a state (``position``, ``past.*``): yes
+    for fixed-size states, no for KV caches (contract/graph_io.py)."""
+    return not any(PAST_SEQ in s.get("shape", []) for s in data.get("states", []) if isinstance(s, dict))
+
+
+def reexport_command(data: dict, where: str = MANIFEST_NAME) -> str:
+    """The `linexport onnx` command that writes this (older) export again in the current format,
+    from what its manifest recorded; placeholders where a field is missing or damaged."""
+    def field(value, kind):
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    lowering = data.get("lowering") if isinstance(data.get("lowering"), dict) else {}
+    checkpoint = field(source.get("checkpoint"), str)
+    root = str(Path(where).parent) if Path(where).name == MANIFEST_NAME else "OUT"
+    parts = ["linexport onnx", f"--model {shlex.quote(checkpoint)}" if checkpoint else "--model CHECKPOINT",
+             f"-o {shlex.quote(root)}"]
+    if field(data.get("precision"), str) in PRECISIONS:
+        parts.append(f"--dtype {data['precision']}")
+    if field(lowering.get("option"), str):
+        parts.append(f"--lowering {lowering['option']}")
+    if field(data.get("opset"), int):
+        parts.append(f"--opset {data['opset']}")
+    if data.get("full_logits") is True:
+        parts.append("--full-logits")
+    return " ".join(parts)
 
 
 def _cache_dim(shape: list, name: str) -> list:

@@ -24,7 +24,7 @@ from linexport.export.lowerings import apply_lowering, attention_nodes
 from linexport.export.ops import ops_in_model
 from linexport.export.tokenizer import export_tokenizer
 from linexport.contract.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
-                                       format_version_for, io_entry, write_manifest)
+                                       FORMAT_VERSION, io_entry, write_manifest)
 from linexport.files import clean_stale, file_sha256, publish_dir, temp_dir_beside
 from linexport.models.base import CausalLM
 
@@ -124,7 +124,7 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
     if custom_nodes["prefill"]:
         ops[op_spec.OP_NAME] = lowering
     manifest = {
-        "format": FORMAT_TAG, "format_version": format_version_for(states), "linexport_version": __version__,
+        "format": FORMAT_TAG, "format_version": FORMAT_VERSION, "linexport_version": __version__,
         "arch": model.arch, "config": model.config_dict(), "vocab_size": int(model.config.vocab_size),
         "tokenizer": tokenizer,
         "precision": dtype, "opset": opset, "full_logits": full_logits,

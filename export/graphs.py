@@ -1,6 +1,7 @@
 """Tracing a CausalLM into the two graphs of the contract (docs/DESIGN.md, "Contracts").
 
-    prefill: input_ids int64 [batch, seq] (right-padded), lengths int64 [batch]
+    prefill: input_ids int64 [batch, seq] (right-padded), lengths int64 [batch],
+             position int64 [batch], past.{layer}.{name}   (KV-cache archs: neither of the two)
              -> logits [batch, vocab] (or [batch, seq, vocab]), present.{layer}.{name}
     decode:  input_ids int64 [batch, 1], position int64 [batch], past.{layer}.{name}
              -> logits [batch, vocab], present.{layer}.{name}
@@ -40,8 +41,12 @@ class PrefillGraph(nn.Module):
         self.full_logits = full_logits
         self.state_names = [s.name for s in model.state_specs()]
 
-    def forward(self, input_ids, lengths):
-        logits, state = self.model.prefill(input_ids, lengths, full_logits=self.full_logits)
+    def forward(self, input_ids, lengths, position=None, *past):
+        if self.model.continues:
+            logits, state = self.model.prefill(input_ids, lengths, full_logits=self.full_logits,
+                                               position=position, state=dict(zip(self.state_names, past)))
+        else:
+            logits, state = self.model.prefill(input_ids, lengths, full_logits=self.full_logits)
         return (logits, *(state[name] for name in self.state_names))
 
 
@@ -58,7 +63,7 @@ class DecodeGraph(nn.Module):
 
 def io_names(model: CausalLM) -> dict:
     """Graph input/output names of both graphs, in order (the contract's, for this model's states)."""
-    return graph_io.io_names([s.name for s in model.state_specs()])
+    return graph_io.io_names([s.name for s in model.state_specs()], continues=model.continues)
 
 
 def trace_prefill(model: CausalLM, opset: int, full_logits: bool) -> onnx.ModelProto:
@@ -66,9 +71,18 @@ def trace_prefill(model: CausalLM, opset: int, full_logits: bool) -> onnx.ModelP
     ids = torch.randint(0, model.config.vocab_size, (_EXAMPLE_BATCH, _EXAMPLE_SEQ), generator=_example_rng())
     lengths = torch.tensor([_EXAMPLE_SEQ, _EXAMPLE_SEQ - 2])
     dyn = torch.export.Dim.DYNAMIC  # a named Dim with min/max fails on the padded chunk length
-    proto = _export(PrefillGraph(model, full_logits), (ids, lengths), names,
-                    ({0: dyn, 1: dyn}, {0: dyn}), "prefill", opset)
-    _name_dims(proto, {("input_ids", 0): "batch", ("input_ids", 1): "seq"})
+    args, dynamic = (ids, lengths), ({0: dyn, 1: dyn}, {0: dyn})
+    dims = {("input_ids", 0): "batch", ("input_ids", 1): "seq"}
+    if model.continues:
+        specs = model.state_specs()
+        # Rows continue from different, non-zero states and positions (one mid-chunk).
+        position = torch.tensor([7, 0])
+        past = [torch.full(_example_shape(s.shape), 0.5, dtype=s.dtype) for s in specs]
+        args += (position, *past)
+        dynamic += ({0: dyn}, tuple({0: dyn} for _ in specs))
+        dims.update({(name, 0): "batch" for name in names["inputs"][2:]})
+    proto = _export(PrefillGraph(model, full_logits), args, names, dynamic, "prefill", opset)
+    _name_dims(proto, dims)
     return proto
 
 

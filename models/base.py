@@ -39,6 +39,9 @@ class CausalLM(nn.Module):
 
     arch: ClassVar[str]
     config_class: ClassVar[type]
+    # Whether forward continues from a state (fixed-size states: True) or starts from an empty
+    # KV cache (the baselines: False); the exported prefill graph takes the past only if True.
+    continues: ClassVar[bool] = True
 
     def __init__(self, config):
         super().__init__()
@@ -46,11 +49,17 @@ class CausalLM(nn.Module):
 
     # -- parallel ---------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
-                return_state: bool = False):
+                return_state: bool = False, position: torch.Tensor | None = None,
+                state: dict[str, torch.Tensor] | None = None):
         """input_ids [B, T] int64 (right-padded), lengths [B] int64 (None: all T).
 
         Returns logits [B, T, V] (rows past a sequence's length are unspecified), plus the
         state after each sequence's last real token when ``return_state``. Linear in T.
+
+        With ``continues``: row b continues from ``state`` (None: zeros), into which
+        ``position[b]`` tokens are already folded (None: 0), exactly as one forward over the
+        old and new tokens would; ``lengths[b]`` (the new tokens) may be 0, and the row's state
+        then passes through unchanged.
         """
         raise NotImplementedError
 
@@ -75,10 +84,14 @@ class CausalLM(nn.Module):
 
     # -- helpers shared by the archs --------------------------------------------------------
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
-                full_logits: bool = False):
+                full_logits: bool = False, position: torch.Tensor | None = None,
+                state: dict[str, torch.Tensor] | None = None):
         """Returns (logits of each sequence's last real token [B, V] — or [B, T, V] when
-        ``full_logits`` — , state after the last real token)."""
-        logits, state = self.forward(input_ids, lengths, return_state=True)
+        ``full_logits`` — , state after the last real token). ``position``/``state``: as forward."""
+        if position is None and state is None:  # a KV-cache arch's forward takes neither
+            logits, state = self.forward(input_ids, lengths, return_state=True)
+        else:
+            logits, state = self.forward(input_ids, lengths, return_state=True, position=position, state=state)
         if full_logits:
             return logits, state
         return last_token_logits(logits, lengths), state
@@ -95,8 +108,10 @@ def last_token_logits(logits: torch.Tensor, lengths: torch.Tensor | None) -> tor
     return logits.gather(1, idx).squeeze(1)
 
 
-def check_input_ids(input_ids: torch.Tensor, lengths: torch.Tensor | None, vocab_size: int):
-    """Validates the parallel inputs; raises LinexportError with the fix."""
+def check_input_ids(input_ids: torch.Tensor, lengths: torch.Tensor | None, vocab_size: int,
+                    min_length: int = 1):
+    """Validates the parallel inputs; raises LinexportError with the fix. ``min_length`` 0: a
+    row may add no token (a continuing prefill passes its state through)."""
     if input_ids.dim() != 2 or input_ids.dtype != torch.int64:
         raise LinexportError(f"expected input_ids int64 [batch, seq], got {input_ids.dtype} "
                              f"{list(input_ids.shape)}")
@@ -110,9 +125,20 @@ def check_input_ids(input_ids: torch.Tensor, lengths: torch.Tensor | None, vocab
             if lengths.shape != input_ids.shape[:1]:
                 raise LinexportError(f"expected lengths of shape [{input_ids.shape[0]}], got "
                                      f"{list(lengths.shape)}")
-            if int(lengths.min()) < 1 or int(lengths.max()) > input_ids.shape[1]:
-                raise LinexportError(f"lengths must be in [1, {input_ids.shape[1]}], got "
+            if int(lengths.min()) < min_length or int(lengths.max()) > input_ids.shape[1]:
+                raise LinexportError(f"lengths must be in [{min_length}, {input_ids.shape[1]}], got "
                                      f"{lengths.tolist()}")
+
+
+def check_position(position: torch.Tensor, batch: int):
+    """Validates a prefill's start positions (int64 [B], >= 0); eager only."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    if not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or position.shape != (batch,):
+        got = f"{position.dtype} {list(position.shape)}" if isinstance(position, torch.Tensor) else repr(position)
+        raise LinexportError(f"expected position int64 [{batch}] (tokens already in each row's state), got {got}")
+    if batch and int(position.min()) < 0:
+        raise LinexportError(f"expected positions >= 0 (tokens already in each row's state), got {position.tolist()}")
 
 
 def length_mask(lengths: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:

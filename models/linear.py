@@ -43,13 +43,14 @@ class LinearAttention(RotaryQKV):
         fm = self.config.feature_map
         return feature_map(q, fm), feature_map(k, fm), v
 
-    def forward(self, x, mask, cos, sin):
-        """x [B, T, C], mask [B, T] bool -> (y [B, T, C], {"kv": state [B, H, Dk, Dv+1]})."""
+    def forward(self, x, mask, cos, sin, state=None):
+        """x [B, T, C], mask [B, T] bool, state {"kv": [B, H, Dk, Dv+1]} or None (zeros) ->
+        (y [B, T, C], {"kv": state after each row's last real token})."""
         q, k, v = self._qkv(x, cos, sin)
         k = k * mask[:, None, :, None].to(k.dtype)  # padded tokens add nothing to the state
         B, H, T, Dk = q.shape
         Dv = v.shape[-1]
-        past = q.new_zeros(B, H, Dk, Dv + 1, dtype=torch.float32)
+        past = q.new_zeros(B, H, Dk, Dv + 1, dtype=torch.float32) if state is None else state["kv"]
         flat = [t.transpose(1, 2).reshape(B, T, -1) for t in (q, k, v)]  # the op's [B, T, H*D]
         o, kv = causal_linear_attention(*flat, past, H, float(self.config.eps), self.config.chunk_size)
         o = o.reshape(B, T, H, Dv).transpose(1, 2).to(v.dtype)  # [B, H, T, Dv]

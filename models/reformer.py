@@ -63,8 +63,9 @@ class LSHAttention(nn.Module):
             q = apply_rotary(q, cos, sin)
         return q, F.normalize(q.float(), dim=-1), v
 
-    def forward(self, x, mask, cos, sin):
+    def forward(self, x, mask, cos, sin, state=None):
         """x [B, T, C], mask [B, T] -> (y [B, T, C], {key, value: [B, H, T, D] fp32, zero-padded})."""
+        assert state is None, "a KV cache starts empty: KVCacheLM.forward refuses a past"
         c = self.config
         q, k_hat, v = self._qkv(x, cos, sin)
         o = chunk_lsh_attention(q, k_hat, v, self.rotations, c.n_buckets, c.bucket_size)

@@ -28,8 +28,9 @@ class SoftmaxConfig(TokenLMConfig):
 
 
 class SoftmaxAttention(RotaryQKV):
-    def forward(self, x, mask, cos, sin):
+    def forward(self, x, mask, cos, sin, state=None):
         """x [B, T, C], mask [B, T] bool -> (y [B, T, C], {key, value: [B, H, T, D] fp32})."""
+        assert state is None, "a KV cache starts empty: KVCacheLM.forward refuses a past"
         q, k, v = self._qkv(x, cos, sin)
         o = causal_softmax_attention(q, k, v)
         B, H, T, D = o.shape

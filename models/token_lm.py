@@ -6,10 +6,12 @@ pre-norm block, the loop over blocks in parallel and step form, the final norm a
 An arch supplies its config (a ``TokenLMConfig`` subclass), its attention class and the names of
 its per-layer state. The attention's contract, written once here for every arch:
 
-    forward(x [B, T, C], mask [B, T] bool, cos, sin) -> (y [B, T, C], {state name: tensor})
+    forward(x [B, T, C], mask [B, T] bool, cos, sin, state=None) -> (y [B, T, C], {state name: tensor})
     step(x [B, C], {state name: tensor}, position [B], cos, sin) -> (y [B, C], {state name: tensor})
 
-``cos``/``sin`` are the rotary angles [B, 1, T, D/2] (None with learned positions).
+``cos``/``sin`` are the rotary angles [B, 1, T, D/2] (None with learned positions). A
+fixed-size-state attention's ``forward`` continues from ``state`` (None: zeros), the tokens
+sitting at the positions the angles carry; a KV-cache attention starts from an empty cache.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from torch import nn
 
 from linexport.errors import LinexportError
-from linexport.models.base import PAST_SEQ, CausalLM, StateSpec, check_input_ids, length_mask
+from linexport.models.base import (PAST_SEQ, CausalLM, StateSpec, check_input_ids, check_position,
+                                   length_mask)
 from linexport.models.config import require
 from linexport.models.layers import MLP, RMSNorm, rotary_angles
 
@@ -61,8 +64,8 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config.d_model, config.d_ff)
 
-    def forward(self, x, mask, cos, sin):
-        a, state = self.attn(self.norm1(self.attn_input(x)), mask, cos, sin)
+    def forward(self, x, mask, cos, sin, state=None):
+        a, state = self.attn(self.norm1(self.attn_input(x)), mask, cos, sin, state)
         return self.combine(x, a), state
 
     def step(self, x, state, position, cos, sin):
@@ -113,11 +116,16 @@ class TokenLM(CausalLM):
             self.lm_head.weight = self.embed.weight
         self.apply(_init_weights)
 
-    def forward(self, input_ids, lengths=None, return_state=False):
-        x, mask, cos, sin = self.parallel_inputs(input_ids, lengths)
+    def forward(self, input_ids, lengths=None, return_state=False, position=None, state=None):
+        """``position``/``state``: continue each row from ``state`` (``position`` tokens already
+        folded in; None: a fresh sequence). ``lengths`` counts the new tokens, and may be 0."""
+        if state is not None:
+            self.check_state(state, input_ids.shape[0])
+        x, mask, cos, sin = self.parallel_inputs(input_ids, lengths, position)
         h, states = self.block.streams(x), {}
         for i, block in enumerate(self.blocks):
-            h, layer = block(h, mask, cos, sin)
+            past = None if state is None else {name: state[f"{i}.{name}"] for name in self.state_names}
+            h, layer = block(h, mask, cos, sin, past)
             states.update({f"{i}.{name}": layer[name] for name in self.state_names})
         logits = self.logits(self.block.merge(h))
         return (logits, states) if return_state else logits
@@ -132,6 +140,19 @@ class TokenLM(CausalLM):
             new_state.update({f"{i}.{name}": layer[name] for name in self.state_names})
         return self.logits(self.block.merge(h)), new_state
 
+    def check_state(self, state, batch: int):
+        """Eager-only checks of a state handed to forward: the spec's names, shapes and fp32."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        for spec in self.state_specs():
+            value = state.get(spec.name) if isinstance(state, dict) else None
+            shape = tuple(batch if d == "batch" else d for d in spec.shape)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != spec.dtype:
+                got = (f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
+                       else type(value).__name__)
+                raise LinexportError(f"expected state {spec.name} as {spec.dtype} {list(shape)}, got {got}; "
+                                     "pass the state a prefill or step returned")
+
     def check_step(self, position, state):
         """Eager-only checks of a step's inputs; positions past the learned ones have no embedding."""
         c = self.config
@@ -141,18 +162,34 @@ class TokenLM(CausalLM):
             raise LinexportError(f"position {int(position.max())} exceeds this model's learned "
                                  f"positions (max_seq_len={c.max_seq_len}); use shorter inputs")
 
-    def parallel_inputs(self, input_ids, lengths):
-        """Checks input_ids [B, T] and lengths [B]; returns (x [B, T, C], mask [B, T] bool,
-        cos, sin [B, 1, T, D/2] — None with learned positions)."""
+    def parallel_inputs(self, input_ids, lengths, position=None):
+        """Checks input_ids [B, T], lengths [B] and position [B] (the first new token's index,
+        None: 0); returns (x [B, T, C], mask [B, T] bool, cos, sin [B, 1, T, D/2] — None with
+        learned positions)."""
         c = self.config
-        check_input_ids(input_ids, lengths, c.vocab_size)
+        check_input_ids(input_ids, lengths, c.vocab_size, min_length=0 if self.continues else 1)
         B, T = input_ids.shape
-        if c.pos_emb == "learned" and T > c.max_seq_len:
-            raise LinexportError(f"sequence length {T} exceeds this model's learned positions "
-                                 f"(max_seq_len={c.max_seq_len}); use shorter inputs")
         positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
+        if position is not None:
+            check_position(position, B)
+            positions = positions + position.unsqueeze(1)
+        if c.pos_emb == "learned":
+            self._check_learned(positions, lengths)
+            # Padded tokens past the last learned position look one up too (and are masked out).
+            positions = positions.clamp(max=c.max_seq_len - 1)
         x, cos, sin = self._embed(input_ids, positions)
         return x, length_mask(lengths, B, T, input_ids.device), cos, sin
+
+    def _check_learned(self, positions, lengths):
+        """Eager only: a real token past the learned positions has no embedding."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        T = positions.shape[1]
+        last = positions[:, -1] if lengths is None else (positions[:, 0] + lengths - 1)
+        if int(last.max()) >= self.config.max_seq_len:
+            raise LinexportError(f"position {int(last.max())} exceeds this model's learned positions "
+                                 f"(max_seq_len={self.config.max_seq_len}, sequence length {T}); use "
+                                 "shorter inputs")
 
     def step_inputs(self, input_ids, position):
         """input_ids [B], position [B] -> (x [B, C], cos, sin [B, 1, 1, D/2] or None)."""
@@ -177,6 +214,13 @@ class KVCacheLM(TokenLM):
 
     state_names = ("key", "value")
     key_doc: ClassVar[str]  # what the cached keys are, for the state specs
+    continues = False
+
+    def forward(self, input_ids, lengths=None, return_state=False, position=None, state=None):
+        if position is not None or state is not None:
+            raise LinexportError(f"the {self.arch} baseline's prefill starts from an empty KV cache; it "
+                                 "cannot continue from a state: feed more tokens with step()")
+        return super().forward(input_ids, lengths, return_state)
 
     def state_specs(self):
         c = self.config

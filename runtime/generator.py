@@ -6,10 +6,13 @@
         for seq, token in gen.step():
             ...
 
-Every decode step names the slots it advances (``Backend.decode(slots, ...)``): ``step``
-the live sequences that take a token, ``append_tokens`` only the sequence it feeds. A slot
-that is not named keeps its state bit for bit, so a sequence's state changes only when that
-sequence advances, and nothing is saved or restored around a step.
+Every call that changes state names the slots it advances: ``step`` the live sequences that
+take a token, ``append_tokens`` only the sequence it feeds (one continued prefill, in chunks of
+``prefill_chunk`` tokens: see runtime/ingest.py). A slot that is not named keeps its state bit
+for bit, so a sequence's state changes only when that sequence advances, and nothing is saved
+or restored around a step. Prompts are ingested chunk by chunk too, so a prompt of any length
+costs the memory of one chunk; with a ``prefix_cache`` (runtime/prefix_cache.py) a prompt that
+starts with a cached prefix restores that prefix's state and prefills only the rest.
 
 Because the state is fixed-size, operations a KV-cache runtime must pay O(context) for are
 O(state) here: ``snapshot``/``restore`` copy one slot to and from the host, ``fork`` copies
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from linexport.errors import LinexportError
+from linexport.runtime.ingest import check_chunk, ingest
+from linexport.runtime.prefix_cache import PrefixCache
 from linexport.runtime.sampling import SamplingParams, sample_token
 
 
@@ -64,14 +69,24 @@ class Snapshot:
 
 
 class Generator:
-    def __init__(self, model, max_batch: int | None = None):
-        """``model``: a :class:`linexport.runtime.Model`; its backend's slots bound the batch."""
+    def __init__(self, model, max_batch: int | None = None, prefill_chunk: int | None = None,
+                 prefix_cache: PrefixCache | None = None):
+        """``model``: a :class:`linexport.runtime.Model`; its backend's slots bound the batch.
+        ``prefill_chunk``: tokens per prefill call (default: the Model's); ``prefix_cache``: a
+        :class:`PrefixCache` that prompts are looked up in and added to (None: no caching)."""
         self.model = model
         self.backend = model.backend
         self.max_batch = max_batch or self.backend.num_slots
         if self.max_batch > self.backend.num_slots:
             raise LinexportError(f"max_batch {self.max_batch} exceeds the backend's "
                                  f"{self.backend.num_slots} state slots")
+        self.prefill_chunk = check_chunk(prefill_chunk or model.prefill_chunk)
+        if prefix_cache is not None and not isinstance(prefix_cache, PrefixCache):
+            raise LinexportError(f"expected prefix_cache to be a PrefixCache or None, got {type(prefix_cache).__name__}")
+        if prefix_cache is not None and not self.backend.continues_prefill:
+            raise LinexportError("a prefix cache needs a prefill that continues from a state; this export's "
+                                 "state is a KV cache (a baseline), whose prefill starts empty")
+        self.prefix_cache = prefix_cache
         self._slots: list[Sequence | None] = [None] * self.max_batch
         self._ids = itertools.count()
         # Learned-position models hold at most this many tokens (None: no limit).
@@ -85,12 +100,16 @@ class Generator:
     def is_done(self) -> bool:
         return all(s is None for s in self._slots)
 
-    def add(self, prompt, params: SamplingParams | None = None) -> Sequence:
-        """Prefills ``prompt`` (text or token ids) into a free slot; it decodes from the next step."""
-        return self.add_many([prompt], params)[0]
+    def add(self, prompt, params: SamplingParams | None = None,
+            progress: Callable[[int], None] | None = None) -> Sequence:
+        """Prefills ``prompt`` (text or token ids) into a free slot; it decodes from the next step.
+        ``progress(n)`` is told after each prefill chunk how many tokens it ingested."""
+        return self.add_many([prompt], params, progress)[0]
 
-    def add_many(self, prompts: Seq, params: SamplingParams | None = None) -> list[Sequence]:
-        """Prefills several prompts in one ragged batch."""
+    def add_many(self, prompts: Seq, params: SamplingParams | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[Sequence]:
+        """Prefills several prompts in one ragged batch (chunk by chunk; from the prefix cache
+        where a prompt starts with a cached prefix)."""
         params = params or SamplingParams()
         encoded = [self._encode(p) for p in prompts]
         limit = self._max_positions
@@ -102,21 +121,49 @@ class Generator:
             raise LinexportError(f"{len(encoded)} new sequences but only {len(free)} free state slots "
                                  f"(max_batch={self.max_batch}); wait for sequences to finish or "
                                  "create the Generator with a larger max_batch")
-        lengths = np.array([len(e) for e in encoded], np.int64)
-        ids = np.zeros((len(encoded), int(lengths.max())), np.int64)
-        for row, e in enumerate(encoded):
-            ids[row, :len(e)] = e
         slots = free[:len(encoded)]
-        logits = self.backend.prefill(ids, lengths, slots)
+        logits = self._prefill_prompts(encoded, slots, progress)
         seqs = []
         for row, (slot, e) in enumerate(zip(slots, encoded)):
             seq = Sequence(next(self._ids), slot, params, list(e), len(e), len(e), logits[row].copy(),
                            np.random.default_rng(params.seed))
             self._slots[slot] = seq
             seqs.append(seq)
+            if self.prefix_cache is not None:
+                self.prefix_cache.insert(e, self.backend.get_state(slot), seq.logits)
             if params.max_new_tokens == 0:
                 self._finish(seq, "length")
         return seqs
+
+    def _prefill_prompts(self, encoded: list[list[int]], slots: list[int], progress) -> np.ndarray:
+        """Ingests each prompt into its slot from scratch, or from the longest cached prefix."""
+        logits = np.zeros((len(encoded), self.backend.vocab_size), np.float32)
+        rows, row_slots, positions, where = [], [], [], []
+        for row, (tokens, slot) in enumerate(zip(encoded, slots)):
+            hit = self.prefix_cache.lookup(tokens) if self.prefix_cache is not None else None
+            start = 0
+            if hit is not None:
+                self.backend.set_state(slot, hit.state)  # O(state), however long the prefix
+                start = len(hit.tokens)
+                logits[row] = hit.logits
+                if progress is not None:
+                    progress(start)
+            if start < len(tokens):
+                rows.append(tokens[start:])
+                row_slots.append(slot)
+                positions.append(start)
+                where.append(row)
+        if rows:
+            logits[where] = ingest(self.backend, rows, row_slots, positions, self.prefill_chunk, progress)
+        return logits
+
+    def cache_prefix(self, prefix, progress: Callable[[int], None] | None = None) -> None:
+        """Prefills ``prefix`` (text or token ids) and keeps its state in the prefix cache (in a
+        free slot, given back at once), so later prompts that start with it skip its prefill."""
+        if self.prefix_cache is None:
+            raise LinexportError("cache_prefix needs a Generator created with a prefix_cache")
+        seq = self.add(prefix, SamplingParams(max_new_tokens=1), progress)
+        self.remove(seq)
 
     def remove(self, seq: Sequence):
         if 0 <= seq.slot < len(self._slots) and self._slots[seq.slot] is seq:
@@ -140,9 +187,11 @@ class Generator:
             self._decode(to_feed, [s.tokens[-1] for s in to_feed])
         return emitted
 
-    def append_tokens(self, seq: Sequence, tokens) -> None:
-        """Feeds more input (e.g. the user's next turn) into a live sequence, one step per token.
-        Only ``seq``'s slot advances; every other sequence is left as it was."""
+    def append_tokens(self, seq: Sequence, tokens, progress: Callable[[int], None] | None = None) -> None:
+        """Feeds more input (e.g. the user's next turn) into a live sequence: one continued
+        prefill (chunk by chunk), or one decode step per token where the export's prefill cannot
+        continue (a KV-cache baseline). Only ``seq``'s slot advances; every other sequence is left
+        as it was."""
         self._check_live(seq, "append tokens to")
         tokens = self._encode(tokens)
         limit = self._max_positions
@@ -150,9 +199,17 @@ class Generator:
             raise LinexportError(f"expected at most {limit - seq.position} more tokens for sequence {seq.id} "
                                  f"(it holds {seq.position} of this model's {limit} learned positions), got "
                                  f"{len(tokens)}; start a new sequence")
-        for token in tokens:
-            seq.tokens.append(token)
-            self._decode([seq], [token])
+        if self.backend.continues_prefill:
+            logits = ingest(self.backend, [tokens], [seq.slot], [seq.position], self.prefill_chunk, progress)
+            seq.tokens.extend(tokens)
+            seq.logits = logits[0].copy()
+            seq.position += len(tokens)
+        else:
+            for token in tokens:
+                seq.tokens.append(token)
+                self._decode([seq], [token])
+            if progress is not None:
+                progress(len(tokens))
         seq.prompt_len = len(seq.tokens)
 
     def _decode(self, seqs: list[Sequence], tokens: list[int]):

@@ -4,7 +4,13 @@ A backend owns a pool of ``num_slots`` state rows. Sequences live in slots, and 
 that changes state names the slots it changes: ``prefill(..., slots)`` writes new sequences'
 states into ``slots``, ``decode(slots, ...)`` advances exactly ``slots`` by one token. **A slot
 that is not named keeps its state bit for bit** (free or live, whatever its index): a
-sequence's state changes only when that sequence advances. How a backend keeps that cheap
+sequence's state changes only when that sequence advances.
+
+``prefill`` continues each named slot: row i starts from ``positions[i]`` tokens already in
+``slots[i]``'s state (0: a fresh sequence, whatever the slot held before: it starts from zeros)
+and folds its ``lengths[i]`` new tokens in, exactly as one prefill over all of them would.
+``continues_prefill`` is False for the KV-cache baselines: their prefill starts every row from
+an empty cache and refuses ``positions > 0`` (their runtime appends by decode steps). How a backend keeps that cheap
 (zero-copy when the named slots form one contiguous block of its pools, a gather of the named
 rows otherwise) is in its module docstring; no backend ever pays for the slots it leaves alone.
 """
@@ -23,11 +29,15 @@ class Backend(ABC):
     num_slots: int
     vocab_size: int
     state_names: list[str]
+    continues_prefill: bool = True
 
     @abstractmethod
-    def prefill(self, input_ids: np.ndarray, lengths: np.ndarray, slots: Sequence[int]) -> np.ndarray:
-        """input_ids [n, T] int64 right-padded, lengths [n] -> last-token logits [n, V] (fp32).
-        Row i's state lands in ``slots[i]``; no other slot changes."""
+    def prefill(self, input_ids: np.ndarray, lengths: np.ndarray, slots: Sequence[int],
+                positions: np.ndarray | None = None) -> np.ndarray:
+        """input_ids [n, T] int64 right-padded, lengths [n] (new tokens, >= 0), positions [n]
+        (tokens already in each slot's state; None: all 0) -> last-new-token logits [n, V]
+        (fp32; unspecified for a row of length 0). Row i continues ``slots[i]``'s state (from
+        zeros where positions[i] == 0) and leaves it there; no other slot changes."""
 
     @abstractmethod
     def decode(self, slots: Sequence[int], input_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -105,12 +115,47 @@ class Backend(ABC):
         slots = self._check_slots(slots, len(ids), "decode")
         return slots, ids.astype(np.int64), pos.astype(np.int64)
 
+    def _check_prefill_args(self, input_ids, lengths, slots, positions):
+        """(input_ids [n, T], lengths [n], slots [n], positions [n]) as int64 arrays after the
+        checks every prefill makes; a backend that does not continue refuses positions > 0."""
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64) if _integral(input_ids) else None
+        lens = np.ascontiguousarray(lengths, dtype=np.int64) if _integral(lengths) else None
+        if ids is None or lens is None or ids.ndim != 2 or lens.shape != (ids.shape[0],) or ids.shape[1] < 1:
+            raise LinexportError(f"prefill: expected int input_ids [n, T >= 1] and lengths [n], got shapes "
+                                 f"{np.shape(input_ids)} and {np.shape(lengths)}")
+        n, T = ids.shape
+        slots = self._check_slots(slots, n, "prefill")
+        pos = np.zeros(n, np.int64) if positions is None else np.asarray(positions)
+        if pos.shape != (n,) or not _integral(pos):
+            raise LinexportError(f"prefill: expected positions as {n} ints (tokens already in each slot's "
+                                 f"state), got {positions!r:.200}")
+        pos = pos.astype(np.int64)
+        least = 0 if self.continues_prefill else 1
+        if lens.min() < least or lens.max() > T:
+            raise LinexportError(f"prefill: expected lengths in [{least}, {T}] (new tokens per row, "
+                                 f"at most the padded width), got {lens.tolist()}")
+        if pos.min() < 0:
+            raise LinexportError(f"prefill: expected positions >= 0, got {pos.tolist()}")
+        if not self.continues_prefill and pos.any():
+            raise LinexportError("prefill: this export's prefill starts from an empty KV cache and cannot "
+                                 f"continue a sequence (positions {pos.tolist()}); feed more tokens to a "
+                                 "KV-cache sequence with decode steps (Generator.append_tokens does)")
+        lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+        if lo < 0 or hi >= self.vocab_size:
+            raise LinexportError(f"prefill: token ids must be in [0, {self.vocab_size}), got range [{lo}, {hi}]")
+        return ids, lens, slots, pos
+
     def _check_order(self, order) -> list[int]:
         order = [int(o) for o in order]
         if len(order) > self.num_slots or any(not 0 <= o < self.num_slots for o in order):
             raise LinexportError(f"permute_slots: expected at most {self.num_slots} entries in "
                                  f"[0, {self.num_slots}), got {order}")
         return order
+
+
+def _integral(values) -> bool:
+    arr = np.asarray(values)
+    return arr.dtype.kind in "iu" or (arr.size == 0 and arr.dtype.kind == "f")
 
 
 def contiguous_run(slots: np.ndarray) -> int | None:

@@ -96,6 +96,11 @@ class OrtBackend(Backend):
         self.device = device
 
         outputs = {o.name: o for o in self._decode.get_outputs()}
+        self._prefill_outputs = [o.name for o in self._prefill.get_outputs()]
+        if "position" not in {i.name for i in self._prefill.get_inputs()}:
+            raise LinexportError(f"{prefill_path}: the prefill graph takes no position/past inputs, so it "
+                                 "cannot continue a sequence; re-export it with this linexport "
+                                 "(`linexport onnx`)")
         self.state_names = [n[len("present."):] for n in outputs if n.startswith("present.")]
         self.num_slots = num_slots
         self._logits_dtype = _NP_TYPES[outputs["logits"].type]
@@ -127,20 +132,25 @@ class OrtBackend(Backend):
         return {n: self._io.zeros((self.num_slots, *s), t) for n, (s, t) in self._state_meta.items()}
 
     # -- graphs ---------------------------------------------------------------------------
-    def prefill(self, input_ids, lengths, slots):
-        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-        if input_ids.ndim != 2 or lengths.shape != (input_ids.shape[0],):
-            raise LinexportError(f"prefill: expected input_ids [n, T] and lengths [n], got shapes "
-                                 f"{input_ids.shape} and {lengths.shape}")
-        slots = self._check_slots(slots, input_ids.shape[0], "prefill")
-        outputs = self._prefill.run(None, {"input_ids": input_ids, "lengths": lengths})
-        names = [o.name for o in self._prefill.get_outputs()]
-        result = dict(zip(names, outputs))
+    def prefill(self, input_ids, lengths, slots, positions=None):
+        ids, lengths, slots, positions = self._check_prefill_args(input_ids, lengths, slots, positions)
+        feed = {"input_ids": ids, "lengths": lengths, "position": positions}
+        # Each continuing row's state comes from its slot (a copy: O(state) per row, beside the
+        # prefill's O(tokens)); a fresh row (position 0) starts from zeros.
+        go_on = np.flatnonzero(positions > 0)
+        for name in self.state_names:
+            shape, dtype = self._state_meta[name]
+            past = np.zeros((len(slots), *shape), dtype)
+            for row in go_on:
+                slot = int(slots[row])
+                past[row] = self._io.read_row(self._row_pool(slot)[name], slot)
+            feed[f"past.{name}"] = past
+        outputs = self._prefill.run(None, feed)
+        result = dict(zip(self._prefill_outputs, outputs))
         for row, slot in enumerate(slots):
-            pool = self._place(slot)
+            pool = self._place(int(slot))
             for name in self.state_names:
-                self._io.write_row(pool[name], slot, result[f"present.{name}"][row])
+                self._io.write_row(pool[name], int(slot), result[f"present.{name}"][row])
         return result["logits"].astype(np.float32, copy=False)
 
     def decode(self, slots, input_ids, positions):

@@ -27,6 +27,8 @@ INITIAL_CAPACITY = 64  # cached tokens per slot before the first doubling
 
 
 class OrtKvCacheBackend(Backend):
+    continues_prefill = False  # the KV prefill graph starts from an empty cache (contract/graph_io.py)
+
     def __init__(self, prefill_path: Path, decode_path: Path, num_slots: int, device: str = "cpu",
                  threads: int = 0):
         self._prefill, self._decode = open_sessions(prefill_path, decode_path, num_slots, device, threads)
@@ -56,13 +58,8 @@ class OrtKvCacheBackend(Backend):
         self._lengths = np.zeros(num_slots, np.int64)
 
     # -- graphs ---------------------------------------------------------------------------
-    def prefill(self, input_ids, lengths, slots):
-        input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-        if input_ids.ndim != 2 or lengths.shape != (input_ids.shape[0],):
-            raise LinexportError(f"prefill: expected input_ids [n, T] and lengths [n], got shapes "
-                                 f"{input_ids.shape} and {lengths.shape}")
-        slots = self._check_slots(slots, input_ids.shape[0], "prefill")
+    def prefill(self, input_ids, lengths, slots, positions=None):
+        input_ids, lengths, slots, _ = self._check_prefill_args(input_ids, lengths, slots, positions)
         outputs = self._prefill.run(None, {"input_ids": input_ids, "lengths": lengths})
         result = dict(zip([o.name for o in self._prefill.get_outputs()], outputs))
         self._reserve(input_ids.shape[1])
