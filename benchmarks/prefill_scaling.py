@@ -99,13 +99,14 @@ def _export_quadratic(model, path: Path) -> Path:
     import onnx
     import torch
 
-    from linexport.export.graphs import PrefillGraph, io_names, quiet_exporter
+    from linexport.contract import graph_io
+    from linexport.export.graphs import PrefillGraph, quiet_exporter
     from linexport.models.linear import LinearAttention
 
     class QuadraticAttention(LinearAttention):
         """LinearAttention's parameters and φ, its attention as masked T x T products."""
 
-        def forward(self, x, mask, cos, sin):  # x [B, T, C], mask [B, T]
+        def forward(self, x, mask, cos, sin, state=None):  # x [B, T, C], mask [B, T]; fresh only
             q, k, v = self._qkv(x, cos, sin)  # [B, H, T, D]
             k = k * mask[:, None, :, None].to(k.dtype)
             B, H, T, D = v.shape
@@ -119,7 +120,7 @@ def _export_quadratic(model, path: Path) -> Path:
     model = copy.deepcopy(model)
     for block in model.blocks:
         block.attn.__class__ = QuadraticAttention  # same module, same weights, other forward
-    names = io_names(model)["prefill"]
+    names = graph_io.io_names([s.name for s in model.state_specs()], continues=False)["prefill"]
     dyn = torch.export.Dim.DYNAMIC
     ids, lengths = torch.randint(0, 256, (2, 5)), torch.tensor([5, 3])
     with torch.no_grad(), quiet_exporter():
@@ -137,8 +138,10 @@ def _child(path: Path, seq: int, repeats: int):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"input_ids": np.random.default_rng(0).integers(0, 256, (1, seq), dtype=np.int64),
-            "lengths": np.array([seq], np.int64)}
+    from linexport.export.ort_session import prefill_feed
+
+    feed = prefill_feed(session, np.random.default_rng(0).integers(0, 256, (1, seq), dtype=np.int64),
+                        np.array([seq], np.int64))
     before = _rss("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident size
     best = float("inf")

@@ -42,7 +42,7 @@ class PrefillGraph(nn.Module):
         self.state_names = [s.name for s in model.state_specs()]
 
     def forward(self, input_ids, lengths, position=None, *past):
-        if self.model.continues:
+        if self.model.continues and position is not None:
             logits, state = self.model.prefill(input_ids, lengths, full_logits=self.full_logits,
                                                position=position, state=dict(zip(self.state_names, past)))
         else:

@@ -16,8 +16,32 @@ import numpy as np
 from linexport.contract.manifest import load_manifest
 
 
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def prefill_feed(session, input_ids, lengths, position=None, state: dict | None = None) -> dict:
+    """The feed of an ONNX Runtime prefill session: ``input_ids``, ``lengths`` and — where the
+    graph continues from a state (contract/graph_io.py) — ``position`` (None: zeros) and each
+    ``past.*`` from ``state`` (None: zeros, a fresh sequence). For raw sessions in tests and
+    benchmarks; the runtime's backends feed their own."""
+    ids = np.asarray(input_ids, np.int64)
+    feed = {"input_ids": ids, "lengths": np.asarray(lengths, np.int64)}
+    batch = ids.shape[0]
+    for inp in session.get_inputs():
+        if inp.name == "position":
+            feed["position"] = np.zeros(batch, np.int64) if position is None else np.asarray(position, np.int64)
+        elif inp.name.startswith("past."):
+            name = inp.name[len("past."):]
+            if state is not None:
+                feed[inp.name] = np.asarray(state[name], np.float32)
+            else:
+                feed[inp.name] = np.zeros((batch, *inp.shape[1:]), _NP[inp.type])
+    return feed
+
+
 class OrtGraphs:
-    """prefill(input_ids, lengths) and decode(input_ids, position, state) over numpy arrays."""
+    """prefill(input_ids, lengths[, position, state]) and decode(input_ids, position, state)
+    over numpy arrays."""
 
     def __init__(self, root, manifest: dict | None = None, threads: int = 0):
         from linexport.runtime.backends.ort import load_session  # the runtime's loader: one set of errors
@@ -47,10 +71,10 @@ class OrtGraphs:
                         location=f"{path.name}.data")
         return copy
 
-    def prefill(self, input_ids: np.ndarray, lengths: np.ndarray):
-        """-> (logits, {state name: array})"""
-        outputs = self._sessions["prefill"].run(None, {"input_ids": np.asarray(input_ids, np.int64),
-                                                        "lengths": np.asarray(lengths, np.int64)})
+    def prefill(self, input_ids: np.ndarray, lengths: np.ndarray, position=None, state: dict | None = None):
+        """-> (logits, {state name: array}); continuing from ``state`` at ``position`` if given."""
+        session = self._sessions["prefill"]
+        outputs = session.run(None, prefill_feed(session, input_ids, lengths, position, state))
         return outputs[0], dict(zip(self.state_names, outputs[1:]))
 
     def decode(self, input_ids: np.ndarray, position: np.ndarray, state: dict):

@@ -5,6 +5,8 @@ For a ragged batch of random prompts and one of real text prompts it compares
 - prefill logits and every ``present.*`` state,
 - ``steps`` decode steps (the same greedy tokens fed to both; logits and states),
 - ONNX Runtime's prefill(T) + k decode steps against its own prefill(T + k),
+- where the prefill continues from a state (fixed-size states): ONNX Runtime's prefill(a) then
+  a continued prefill(b) against PyTorch's prefill(a + b), with ragged splits (a = 0, mid-chunk),
 
 each as max abs and max relative error (``max|a - b| / max|b|``). KV caches (the softmax
 baseline) are compared whole, padding included: it is zeros in both (contract/manifest.py), and a
@@ -24,7 +26,7 @@ import torch
 from linexport.errors import LinexportError
 from linexport.contract.checks import FP32_REL_TOL, Check, errors
 from linexport.export.exporter import source_record
-from linexport.contract.manifest import load_manifest
+from linexport.contract.manifest import load_manifest, prefill_continues
 from linexport.export.ort_session import OrtGraphs
 
 LOW_PRECISION_FACTOR = 2.0
@@ -55,6 +57,8 @@ def verify_export(root, steps: int = 8, checkpoint=None, log=lambda message: Non
     for label, (ids, lengths) in _prompt_sets(manifest, model, steps).items():
         log(f"comparing {label} prompts: batch {len(lengths)}, lengths {lengths.tolist()}")
         checks += _compare(label, model, low, graphs, ids, lengths, steps, manifest["full_logits"])
+        if prefill_continues(manifest):
+            checks += _compare_continued(label, model, low, graphs, ids, lengths, manifest["full_logits"])
     return checks
 
 
@@ -115,6 +119,43 @@ def _compare(label, model, low, graphs: OrtGraphs, ids, lengths, steps, full_log
             checks.append(Check(f"{label}: prefill(T)+{steps} steps == prefill(T+{steps}) {out}",
                                 abs_err, rel_err, tol))
     return checks
+
+
+def _compare_continued(label, model, low, graphs: OrtGraphs, ids, lengths, full_logits) -> list[Check]:
+    """ORT's prefill(first part) then its continued prefill(rest) against PyTorch's prefill of
+    the whole: the split is ragged (row b after lengths[b] // 3 + b tokens: a = 0 for a one-token
+    prompt, others mid-chunk), so rows continue from different positions."""
+    first = torch.clamp(lengths // 3 + torch.arange(len(lengths)), max=lengths - 1)  # >= 1 new token each
+    rest = lengths - first
+    a_ids = torch.zeros(len(lengths), max(1, int(first.max())), dtype=torch.int64)
+    b_ids = torch.zeros(len(lengths), int(rest.max()), dtype=torch.int64)
+    for row, (a, n) in enumerate(zip(first.tolist(), lengths.tolist())):
+        a_ids[row, :a] = ids[row, :a]
+        b_ids[row, :n - a] = ids[row, a:n]
+    _, state = graphs.prefill(a_ids.numpy(), first.numpy())
+    logits, state = graphs.prefill(b_ids.numpy(), rest.numpy(), first.numpy(), state)
+    if full_logits:
+        logits = logits[np.arange(len(lengths)), rest.numpy() - 1]
+    with torch.no_grad():
+        want = {low_or_ref: _last_and_state(m, ids, lengths, full_logits)
+                for low_or_ref, m in (("ref", model), ("low", low)) if m is not None}
+    checks = []
+    for key, got in [("logits", logits), *state.items()]:
+        out = "logits" if key == "logits" else f"present.{key}"
+        abs_err, rel_err = errors(got, want["ref"][key])
+        tol = FP32_REL_TOL
+        if "low" in want:
+            tol = max(tol, LOW_PRECISION_FACTOR * errors(want["low"][key], want["ref"][key])[1])
+        checks.append(Check(f"{label}: prefill(a) + continued prefill(b) == prefill(a+b) {out}",
+                            abs_err, rel_err, tol))
+    return checks
+
+
+def _last_and_state(model, ids, lengths, full_logits) -> dict:
+    logits, state = model.prefill(ids, lengths, full_logits=full_logits)
+    if full_logits:
+        logits = logits.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])).squeeze(1)
+    return {"logits": logits.float().numpy(), **_np_state(state)}
 
 
 def _real_positions(ids, lengths):

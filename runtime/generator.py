@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.ingest import check_chunk, ingest
+from linexport.runtime.ingest import DEFAULT_PREFILL_CHUNK, check_chunk, ingest
 from linexport.runtime.prefix_cache import PrefixCache
 from linexport.runtime.sampling import SamplingParams, sample_token
 
@@ -80,7 +80,7 @@ class Generator:
         if self.max_batch > self.backend.num_slots:
             raise LinexportError(f"max_batch {self.max_batch} exceeds the backend's "
                                  f"{self.backend.num_slots} state slots")
-        self.prefill_chunk = check_chunk(prefill_chunk or model.prefill_chunk)
+        self.prefill_chunk = check_chunk(prefill_chunk or getattr(model, "prefill_chunk", DEFAULT_PREFILL_CHUNK))
         if prefix_cache is not None and not isinstance(prefix_cache, PrefixCache):
             raise LinexportError(f"expected prefix_cache to be a PrefixCache or None, got {type(prefix_cache).__name__}")
         if prefix_cache is not None and not self.backend.continues_prefill:

@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from linexport.contract import op_spec
+from linexport.export.ort_session import prefill_feed
 from linexport.export.lowerings import attention_nodes
 from linexport.contract.manifest import load_manifest
 from tests.export.conftest import ARCHS, KV_CACHE_ARCHS, LOWERINGS, make_model
@@ -61,8 +62,11 @@ def test_io_follows_the_contract(arch, dtype, exports):
         assert manifest["lowering"] == {"option": "plugin", "ops": {op: "traced"}}
         assert not attention_nodes(prefill) and not attention_nodes(decode)
     assert [s["name"] for s in manifest["states"]] == [n for n, _ in states]
-    # Only a KV cache makes a format-2 manifest: fixed-size exports stay readable by format-1 readers.
-    assert manifest["format_version"] == (2 if arch in KV_CACHE_ARCHS else 1)
+    assert manifest["format_version"] == 3
+    # A fixed-size state's prefill continues from it; a KV cache's starts empty.
+    prefill_inputs = [i.name for i in prefill.graph.input]
+    past = [] if arch in KV_CACHE_ARCHS else ["position", *(f"past.{n}" for n, _ in states)]
+    assert prefill_inputs == ["input_ids", "lengths", *past]
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
@@ -105,6 +109,7 @@ def _intermediate_numels(model: onnx.ModelProto, feeds: dict) -> dict:
     model.graph.output.extend(helper.make_tensor_value_info(n, typed[n], None) for n in produced)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    feeds = feeds(session) if callable(feeds) else feeds
     return {n: int(np.asarray(v).size) for n, v in zip(names, session.run(None, feeds))}
 
 
@@ -124,8 +129,8 @@ def test_no_tensor_grows_with_t_squared(arch, lowering, exports):
 
         prefill = with_function_body(prefill, PREFILL_CHUNK)
 
-    def feeds(T):
-        return {"input_ids": np.ones((1, T), np.int64), "lengths": np.array([T], np.int64)}
+    def feeds(T):  # a fresh prefill of T tokens (zeros past where the graph takes one)
+        return lambda session: prefill_feed(session, np.ones((1, T), np.int64), np.array([T], np.int64))
 
     if arch == "softmax":  # the baseline is quadratic by definition: the check must see it
         assert _growth(prefill, feeds) == 4.0

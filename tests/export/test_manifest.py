@@ -41,7 +41,11 @@ def _mutations():
 
     return {
         "wrong format": (set_(["format"], "onnx"), "expected a linexport export manifest"),
-        "newer version": (set_(["format_version"], 3), "manifest format version 3"),
+        "newer version": (set_(["format_version"], 4), "manifest format version 4"),
+        # An export from before continued prefill: refused with the command that writes it again.
+        "older version": (set_(["format_version"], 1),
+                          r"older linexport \(manifest format 1\).*Re-export it: linexport onnx --model "
+                          r"\S+model\.pt -o \S+ --dtype fp32 --lowering \w+ --opset \d+"),
         "missing field": (lambda m: m.pop("states"), "expected field 'states'"),
         "bool as int": (set_(["vocab_size"], True), "expected field 'vocab_size' to be a int"),
         "bad precision": (set_(["precision"], "int8"), "expected precision in"),
@@ -105,7 +109,7 @@ def test_engine_records_are_validated(manifest, change, message):
         validate_manifest({**manifest, "engines": {**ENGINES, **change}})
 
 
-# -- KV caches (format 2) ---------------------------------------------------------------------
+# -- KV caches (since format 2) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kv_manifest(exports):
     return json.loads((exports.dir("softmax", "fp32") / MANIFEST_NAME).read_text())
@@ -113,7 +117,7 @@ def kv_manifest(exports):
 
 def test_a_kv_cache_manifest_validates(kv_manifest):
     validate_manifest(kv_manifest)
-    assert kv_manifest["format_version"] == 2
+    assert kv_manifest["format_version"] == 3
     assert kv_manifest["states"][0]["shape"] == ["batch", 3, "past_seq", 15]
     io = {g: {e["name"]: e["shape"] for e in kv_manifest["graphs"][g][k]}
           for g, k in (("prefill", "outputs"), ("decode", "inputs"))}
@@ -135,8 +139,10 @@ def _kv_mutations():
         return apply
 
     return {
-        # A format-1 reader would misread a cache as a fixed state: it must say "upgrade" instead.
-        "cache in format 1": (lambda m: m.update(format_version=1), "expected format_version 2"),
+        "cache in format 2": (lambda m: m.update(format_version=2), r"older linexport \(manifest format 2\)"),
+        # The KV prefill starts from an empty cache: it has no position/past inputs.
+        "kv prefill with a past": (lambda m: m["graphs"]["prefill"]["inputs"].append(
+            {"name": "position", "shape": ["batch"], "dtype": "int64"}), "the prefill graph's IO does not match"),
         "two cache dims": (state_shape(["batch", "past_seq", "past_seq", 15]), "expected each state"),
         "other dim name": (state_shape(["batch", 3, "kv_len", 15]), "expected each state"),
         "present as long as past": (decode_present(["batch", 3, "past_seq", 15]),

@@ -9,6 +9,7 @@ from torch import nn
 from linexport.contract import op_spec
 from linexport.export.graphs import trace_decode, trace_prefill
 from linexport.export.lowerings import apply_lowering, attention_nodes
+from linexport.export.ort_session import prefill_feed
 from linexport.models.layers import RMSNorm
 from linexport.models.linear import LinearAttention as Mixer  # reused under another name
 from linexport.models.linear import LinearConfig, LinearLM
@@ -61,7 +62,7 @@ def test_new_arch_exports_one_node_per_layer(model, graph):
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         ids = torch.randint(0, 64, (2, 11))
         lengths = torch.tensor([11, 6])
-        got = session.run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})
+        got = session.run(None, prefill_feed(session, ids.numpy(), lengths.numpy()))
         with torch.no_grad():
             logits, state = model.prefill(ids, lengths)
         assert rel_err(torch.from_numpy(got[0]), logits) < 1e-5

@@ -85,7 +85,7 @@ def check_append_tokens_leaves_others_untouched(path, backend="ort", device="cpu
     for _ in range(3):
         gen.step()
     before = {s.slot: gen.backend.get_state(s.slot) for s in (c, d)}
-    gen.append_tokens(a, "\n    return 1")  # 13 single-token steps of slot 0 alone: an odd count
+    gen.append_tokens(a, "\n    return 1")  # slot 0 alone: one continued prefill (KV: 13 decode steps)
     for s in (c, d):
         assert same_state(gen.backend.get_state(s.slot), before[s.slot]), f"slot {s.slot} changed"
     while not gen.is_done():
@@ -121,3 +121,87 @@ def check_fork_copies_on_the_backend(path, backend="ort", device="cpu"):
     alone = run_alone(path, PROMPTS[2], 12, backend, device)
     assert fork.generated == c.generated == alone
     assert a.generated == run_alone(path, PROMPTS[0], 12, backend, device)
+
+
+def _padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(r) for r in rows], np.int64)
+    ids = np.zeros((len(rows), max(1, int(lengths.max()))), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    return ids, lengths
+
+
+def _close(got: dict, want: dict, what: str, rtol: float = 1e-5):
+    from linexport.contract.checks import errors
+
+    for name in want:
+        _, rel = errors(got[name], want[name])
+        assert rel <= rtol, f"{what}: state {name} relative error {rel:.2e} > {rtol:.0e}"
+
+
+def check_continued_prefill_in_scattered_slots(path, backend="ort", device="cpu"):
+    """prefill(slots, positions) continues each named slot: rows in scattered slots, named out of
+    order, at different positions, one with nothing new (its state must not change), one fresh
+    (position 0) in a slot that held another sequence (it must start from zeros). Equal to one
+    prefill of the whole text in a separate model; the slots not named stay bit for bit."""
+    rng = np.random.default_rng(3)
+    V = Model(path, backend=backend, device=device).vocab_size
+    text = {s: rng.integers(0, V, n).tolist() for s, n in {4: 40, 1: 17, 3: 9, 0: 23, 2: 31, 5: 12}.items()}
+    more = {3: rng.integers(0, V, 30).tolist(), 1: [], 4: rng.integers(0, V, 5).tolist(),
+            5: rng.integers(0, V, 21).tolist()}
+    b = Model(path, backend=backend, device=device, num_slots=6).backend
+    first = [4, 1, 3, 0, 2, 5]
+    b.prefill(*_padded([text[s] for s in first]), first)
+    before = {s: b.get_state(s) for s in range(6)}
+    order = [3, 1, 4, 5]
+    positions = np.array([len(text[s]) for s in order[:3]] + [0], np.int64)  # slot 5 starts afresh
+    logits = b.prefill(*_padded([more[s] for s in order]), order, positions)
+    for s in (0, 2):
+        assert same_state(b.get_state(s), before[s]), f"slot {s} was not named but changed"
+    assert same_state(b.get_state(1), before[1]), "a row of length 0 must pass its state through"
+
+    ref = Model(path, backend=backend, device=device, num_slots=4).backend
+    whole = [text[3] + more[3], text[1], text[4] + more[4], more[5]]
+    want = ref.prefill(*_padded(whole), list(range(4)))
+    for i, s in enumerate(order):
+        _close(b.get_state(s), ref.get_state(i), f"slot {s} after the continued prefill")
+        if more[s]:
+            from linexport.contract.checks import errors
+
+            assert errors(logits[i], want[i])[1] <= 1e-5, f"slot {s}: last-token logits"
+    # And the continued slots decode on exactly like the one-prefill ones.
+    pos = np.array([len(w) for w in whole], np.int64)
+    tokens = np.argmax(want, -1)
+    for _ in range(3):
+        got = b.decode(np.array(order), tokens, pos)
+        ref_logits = ref.decode(np.arange(4), tokens, pos)
+        assert (np.argmax(got, -1) == np.argmax(ref_logits, -1)).all()
+        tokens, pos = np.argmax(ref_logits, -1), pos + 1
+    for s in (0, 2):
+        assert same_state(b.get_state(s), before[s]), f"slot {s} changed while others decoded"
+
+
+def check_chunked_ingestion_equals_one_prefill(path, backend="ort", device="cpu"):
+    """Prompts ingested 7 tokens per call (ragged, 3 rows, scattered slots) equal one prefill;
+    append_tokens of a long turn in chunks equals prefilling the whole conversation."""
+    rng = np.random.default_rng(5)
+    model = Model(path, backend=backend, device=device, num_slots=5, prefill_chunk=7)
+    V = model.vocab_size
+    prompts = [rng.integers(0, V, n).tolist() for n in (50, 7, 15)]
+    gen = Generator(model)
+    filler = gen.add_many([[1], [2]])  # slots 0 and 1 are taken: the prompts land in 2, 3, 4
+    seqs = gen.add_many(prompts)
+    assert [s.slot for s in seqs] == [2, 3, 4]
+    ref = Model(path, backend=backend, device=device, num_slots=3, prefill_chunk=4096)
+    want = ref.backend.prefill(*_padded(prompts), [0, 1, 2])
+    for i, seq in enumerate(seqs):
+        _close(model.backend.get_state(seq.slot), ref.backend.get_state(i), f"chunked prompt {i}")
+        assert np.argmax(seq.logits) == np.argmax(want[i])
+    before = {s.slot: model.backend.get_state(s.slot) for s in [*filler, seqs[0], seqs[2]]}
+    turn = rng.integers(0, V, 26).tolist()
+    gen.append_tokens(seqs[1], turn)  # 4 chunks of at most 7 from position 7
+    for slot, state in before.items():
+        assert same_state(model.backend.get_state(slot), state), f"slot {slot} changed by another's append"
+    ref.backend.prefill(*_padded([prompts[1] + turn]), [0])
+    _close(model.backend.get_state(seqs[1].slot), ref.backend.get_state(0), "after the chunked append")
+    assert seqs[1].position == len(prompts[1]) + len(turn) == len(seqs[1].tokens)

@@ -25,10 +25,12 @@ class ToyBackend(Backend):
         self._hist = [() for _ in range(num_slots)]
         self.decoded_rows = 0
 
-    def prefill(self, input_ids, lengths, slots):
+    def prefill(self, input_ids, lengths, slots, positions=None):
         out = []
         for row, slot in enumerate(slots):
-            self._hist[slot] = tuple(int(t) for t in input_ids[row, :lengths[row]])
+            kept = self._hist[slot] if positions is not None and positions[row] else ()
+            assert len(kept) == (0 if positions is None else positions[row])
+            self._hist[slot] = kept + tuple(int(t) for t in input_ids[row, :lengths[row]])
             out.append(self.table(self._hist[slot]))
         return np.array(out, np.float32)
 

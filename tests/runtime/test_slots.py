@@ -88,3 +88,11 @@ def test_permute_and_copy_touch_only_named_slots(arch, runtime_exports):
     # and the copies decode like their originals
     logits = b.decode([0, 3], [1, 1], [4, 4])
     np.testing.assert_array_equal(logits[0], logits[1])
+
+
+def test_continued_prefill_in_scattered_slots(runtime_exports):
+    slot_checks.check_continued_prefill_in_scattered_slots(runtime_exports["linear"][0])
+
+
+def test_chunked_ingestion_equals_one_prefill(runtime_exports):
+    slot_checks.check_chunked_ingestion_equals_one_prefill(runtime_exports["linear"][0])
