@@ -304,9 +304,11 @@ class Generator:
 
     # -- convenience ----------------------------------------------------------------------
     def generate(self, prompt, params: SamplingParams | None = None,
-                 callback: Callable[[str], None] | None = None) -> Iterator[str]:
-        """Streams the text of one sequence as it is generated (alone or beside others)."""
-        seq = self.add(prompt, params)
+                 callback: Callable[[str], None] | None = None,
+                 progress: Callable[[int], None] | None = None) -> Iterator[str]:
+        """Streams the text of one sequence as it is generated (alone or beside others).
+        ``progress``: told the tokens each prefill chunk of the prompt ingested (see ``add``)."""
+        seq = self.add(prompt, params, progress)
         decode = self.model.tokenizer.stream_decoder()
         emitted = []
         while not (seq.done and len(seq.generated) == 0):

@@ -69,3 +69,24 @@ def backend_options(fn):
 
 def resolve_device(backend: str, device: str | None) -> str:
     return device or ("cuda" if backend == "trt" else "cpu")
+
+
+def read_prompt_file(path: Path) -> str:
+    """A prompt file's text: UTF-8, with any other bytes kept as they are (the byte tokenizer
+    gives them back exactly)."""
+    try:
+        return path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        raise LinexportError(f"cannot read the prompt file {path}: {e.strerror or e}") from None
+
+
+def peak_memory_line(model) -> str:
+    """'peak resident memory X MiB (state Y KiB per sequence)' for the end of a long run: host
+    memory only (on CUDA or TensorRT, device memory is not in it)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    state = sum(v.nbytes for v in model.backend.get_state(0).values())
+    where = "" if getattr(model.backend, "device", "cpu") == "cpu" else " (host; device memory not counted)"
+    return f"peak resident memory {peak / 2**20:.0f} MiB{where}; state {state / 2**10:.0f} KiB per sequence"
