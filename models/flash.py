@@ -13,6 +13,7 @@ logits. One FLASH layer:
 
 State per layer (fp32, fixed size): ``lin_kv``, ``pending`` [B, S, E]; ``k_buf`` [B, C, S];
 ``v_buf`` [B, C, E]; ``shift`` [B, ceil(D/2)] (the previous token's shifted features).
+``forward`` may continue from any such state (``position``, ``state``) exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linexport.errors import LinexportError
 from linexport.models.base import CausalLM, StateSpec, check_input_ids
 from linexport.models.config import require
 from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
@@ -148,22 +150,28 @@ class FlashLayer(nn.Module):
                                         for h in heads.unbind(-2))
         return quad_q, lin_q, quad_k, lin_k, v, gate
 
-    def forward(self, x, positions, lengths):
-        """x [B, T, D] -> (y [B, T, D], state dict of this layer)."""
+    def forward(self, x, positions, lengths, state=None, offset=None):
+        """x [B, T, D]; positions [T] or [B, T] (absolute); lengths [B]; ``state``: this layer's
+        state before x (None: fresh); ``offset`` [B]: the state's position mod C (None: 0)
+        -> (y [B, T, D], state after each sequence's last token)."""
         c = self.config
         normed = self.norm(x)
         B, T, D = x.shape
         half = (D + 1) // 2
+        state_dtype = _state_dtype(x.dtype)
+        prev_shift = state["shift"] if state is not None else x.new_zeros(B, half, dtype=state_dtype)
         if c.shift_tokens:
-            shifted = F.pad(normed[..., :half], (0, 0, 1, -1))
+            shifted = torch.cat([prev_shift.to(x.dtype).unsqueeze(1), normed[..., :half]], dim=1)[:, :T]
             inp = torch.cat([shifted, normed[..., half:]], dim=-1)
         else:
             inp = normed
         quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, positions)
+        parts = None if state is None else tuple(state[n] for n in ("lin_kv", "pending", "k_buf", "v_buf"))
         out, (lin_kv, pending, k_buf, v_buf) = chunk_mixed_attention(
-            quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths)
-        last = (lengths - 1).view(B, 1, 1).expand(B, 1, half)
-        shift = normed[..., :half].gather(1, last).squeeze(1).to(_state_dtype(x.dtype))
+            quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths, parts, offset)
+        last = (lengths - 1).clamp(min=0).view(B, 1, 1).expand(B, 1, half)
+        shift = normed[..., :half].gather(1, last).squeeze(1).to(state_dtype)
+        shift = torch.where((lengths > 0).unsqueeze(1), shift, prev_shift)  # no new token: kept
         state = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf, "shift": shift}
         return x + self.to_out(gate * out), state
 
@@ -219,19 +227,35 @@ class FlashLM(CausalLM):
         angles = positions.float().unsqueeze(-1) * inv_freq
         return torch.cat([angles.sin(), angles.cos()], dim=-1) * self.abs_pos_scale
 
-    def forward(self, input_ids, lengths=None, return_state=False):
+    def forward(self, input_ids, lengths=None, return_state=False, position=None, state=None):
+        """As ``CausalLM.forward``, and it may continue from a state: ``position`` [B] int64 =
+        tokens already in ``state`` (None: 0; any value, rows may differ), ``state`` as ``step``
+        takes it (None: ``initial_state``). Logits and state are those of one pass over the old
+        tokens and these; a row's position + t is its token t's absolute position. ``lengths``
+        count the new tokens and may be 0: that row keeps its state bit for bit (its logits are
+        unspecified)."""
         c = self.config
-        check_input_ids(input_ids, lengths, c.vocab_size)
+        check_input_ids(input_ids, None, c.vocab_size)
         B, T = input_ids.shape
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            self._check_continuation(input_ids, lengths, position, state)
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.int64, device=input_ids.device)
         positions = torch.arange(T, device=input_ids.device)
+        if position is None and state is None:
+            offset = None  # a fresh start
+        else:
+            position = position if position is not None else torch.zeros_like(lengths)
+            state = state if state is not None else self.initial_state(B, input_ids.device)
+            positions = position.unsqueeze(1) + positions
+            offset = position % c.chunk_size
         x = self.token_emb(input_ids)
         if c.abs_pos_emb:
             x = x + self._abs_pos(positions).to(x.dtype)
         states = {}
         for i, layer in enumerate(self.layers):
-            x, layer_state = layer(x, positions, lengths)
+            layer_state = None if state is None else self._layer_state(state, i, x)
+            x, layer_state = layer(x, positions, lengths, layer_state, offset)
             for name, value in layer_state.items():
                 if c.shift_tokens or name != "shift":
                     states[f"{i}.{name}"] = value
@@ -244,13 +268,45 @@ class FlashLM(CausalLM):
         if c.abs_pos_emb:
             x = x + self._abs_pos(position).to(x.dtype)
         new_state = {}
-        B = input_ids.shape[0]
         for i, layer in enumerate(self.layers):
-            layer_state = {n: state[f"{i}.{n}"] for n in self._STATE if c.shift_tokens or n != "shift"}
-            if not c.shift_tokens:
-                layer_state["shift"] = x.new_zeros(B, (c.d_model + 1) // 2)
-            x, out = layer.step(x, position, layer_state)
+            x, out = layer.step(x, position, self._layer_state(state, i, x))
             for name, value in out.items():
                 if c.shift_tokens or name != "shift":
                     new_state[f"{i}.{name}"] = value
         return self.lm_head(self.final_norm(x)), new_state
+
+    def _layer_state(self, state, i, x):
+        """Layer i's entries of a model state; a zero shift where the config has no token shift."""
+        c = self.config
+        layer_state = {n: state[f"{i}.{n}"] for n in self._STATE if c.shift_tokens or n != "shift"}
+        if not c.shift_tokens:
+            layer_state["shift"] = x.new_zeros(x.shape[0], (c.d_model + 1) // 2)
+        return layer_state
+
+    def _check_continuation(self, input_ids, lengths, position, state):
+        """Validates forward's lengths, position and state (eager only); raises LinexportError."""
+        B, T = input_ids.shape
+        if lengths is not None:
+            if lengths.shape != (B,):
+                raise LinexportError(f"expected lengths of shape [{B}], got {list(lengths.shape)}")
+            if int(lengths.min()) < 0 or int(lengths.max()) > T:
+                raise LinexportError(f"lengths (new tokens per sequence) must be in [0, {T}], got {lengths.tolist()}")
+        if position is not None:
+            if position.dtype != torch.int64 or position.shape != (B,):
+                raise LinexportError(f"expected position int64 [{B}] (tokens already in the state), got "
+                                     f"{position.dtype} {list(position.shape)}")
+            if int(position.min()) < 0:
+                raise LinexportError(f"position must be >= 0, got {position.tolist()}")
+        if state is not None:
+            specs = self.state_specs()
+            names = [s.name for s in specs]
+            if set(state) != set(names):
+                missing, unknown = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+                raise LinexportError(f"expected the state entries of state_specs(), got {len(state)} entries: "
+                                     f"missing {missing}, unknown {unknown}")
+            dtype = _state_dtype(self.token_emb.weight.dtype)
+            for spec in specs:
+                shape, got = (B, *spec.shape[1:]), state[spec.name]
+                if tuple(got.shape) != shape or got.dtype != dtype:
+                    raise LinexportError(f"expected state {spec.name!r} {dtype} {list(shape)}, got "
+                                         f"{got.dtype} {list(got.shape)}")

@@ -1,6 +1,6 @@
 """The GAU/FLASH LM: parallel == recurrent, prefill + steps == parallel (rows at different
 positions too), ragged batches, the mixed-chunk op and the model against the naive definition,
-and the exact fixed-size state."""
+the exact fixed-size state, and prefill continued from any state == one prefill."""
 
 import dataclasses
 
@@ -160,8 +160,10 @@ def test_mixed_chunk_op_state_with_lengths():
         assert rel_err(out[b:b + 1, :n], ref) <= 1e-12
 
 
-def _naive_chunk_mixed_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_size, attn_fn, lengths):
-    """Drop-in for the model's chunked op, computed from the definition (fp64 loops)."""
+def _naive_chunk_mixed_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_size, attn_fn, lengths,
+                                 initial_state=None, offset=None):
+    """Drop-in for the model's chunked op from a fresh state, computed from the definition (fp64 loops)."""
+    assert initial_state is None and offset is None
     out = naive_mixed_chunk_attention(quad_q, quad_k, lin_q, lin_k, v, bias, chunk_size, attn_fn)
     rows = [naive_mixed_chunk_state(quad_k[b], lin_k[b], v[b], chunk_size, int(n)) for b, n in enumerate(lengths)]
     return out, tuple(torch.stack(parts) for parts in zip(*rows))
@@ -236,3 +238,202 @@ def test_bad_configs(kwargs, match):
     with pytest.raises(LinexportError, match=match):
         config_from_dict(FlashConfig, {**dataclasses.asdict(FlashConfig(d_model=24, qk_dim=12, rotary_dim=8)),
                                        **kwargs})
+
+
+# -- continued prefill: forward(..., position, state) -------------------------------------------
+
+def _pieces(sizes):
+    """Random sequences cut into pieces: row i's piece p has ``sizes[i][p]`` tokens (0 allowed).
+    Returns (seqs [B, longest total], totals [B], [(ids, lengths, position)] one per piece), each
+    piece right-padded with random garbage (it must not leak into anything)."""
+    sizes = torch.tensor(sizes)
+    ends = sizes.cumsum(1)
+    totals = ends[:, -1]
+    seqs = torch.randint(0, V, (len(sizes), max(int(totals.max()), 1)))
+    pieces = []
+    for n, end in zip(sizes.T, ends.T):
+        start = end - n
+        ids = torch.randint(0, V, (len(sizes), max(int(n.max()), 1)))
+        for i in range(len(sizes)):
+            ids[i, :n[i]] = seqs[i, start[i]:end[i]]
+        pieces.append((ids, n, start))
+    return seqs, totals, pieces
+
+
+def _assert_continuation_matches(logits, state, start, n, full_logits, full_state, tol, before=None):
+    """Logits of a piece's n tokens at start.. and its state against one prefill's (per row);
+    rows without new tokens keep ``before`` bit for bit."""
+    for i in range(len(n)):
+        s, e = int(start[i]), int(start[i] + n[i])
+        if n[i] > 0:
+            assert rel_err(logits[i, :n[i]], full_logits[i, s:e]) <= tol, i
+        for key in full_state:
+            if n[i] == 0 and before is not None:
+                assert torch.equal(state[key][i], before[key][i]), (key, i)
+            ref = full_state[key][i]
+            assert (state[key][i] - ref).abs().max() <= tol * ref.abs().max().clamp(min=1.0), (key, i)
+
+
+def _steps_from(model, ids, state, position):
+    """``model.step`` over ids [B, k] from per-row positions; returns (logits [B, k, V], state)."""
+    logits = []
+    for t in range(ids.shape[1]):
+        out, state = model.step(ids[:, t], position + t, state)
+        logits.append(out)
+    return torch.stack(logits, 1), state
+
+
+def _two_piece_sizes(C):
+    """(a, b) per row: a at 0, C - 1, C, C + 1; a + b at C - 1, C, C + 1; b = 0 on some rows."""
+    return [[0, C - 1], [0, C + 1], [1, C - 2], [C - 1, 1], [C, 1], [C + 1, C], [C - 1, 0], [3, 2 * C + 1],
+            [2 * C + 3, 4], [5, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+@torch.no_grad()
+def test_continued_prefill_equals_one_prefill(name, dtype, tol):
+    """prefill(a) then forward(b, position=a, state) == prefill(a + b) on a ragged batch whose
+    rows start their second piece at every offset kind; then k decode steps agree too."""
+    model = make_model(name).to(dtype)
+    seqs, totals, ((ids_a, a, _), (ids_b, b, _)) = _pieces(_two_piece_sizes(model.config.chunk_size))
+    _, state_a = model(ids_a, a, return_state=True)
+    logits, state = model(ids_b, b, return_state=True, position=a, state=state_a)
+    full_logits, full_state = model(seqs, totals, return_state=True)
+    _assert_continuation_matches(logits, state, a, b, full_logits, full_state, tol, before=state_a)
+
+    k = 4
+    tokens = torch.randint(0, V, (len(a), k))
+    steps, _ = _steps_from(model, tokens, state, totals)
+    ref_steps, _ = _steps_from(model, tokens, full_state, totals)
+    assert rel_err(steps, ref_steps) <= tol
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@torch.no_grad()
+def test_continuation_in_pieces_equals_one_prefill(name):
+    """Five pieces of various sizes per row (0 too), the first from position 0 with no state:
+    after each piece, logits and state as one prefill of everything so far."""
+    model = make_model(name)
+    C = model.config.chunk_size
+    sizes = [[3, 5, 9, 0, 2], [8, 1, 7, 13, 1], [0, 13, 2, 6, 5], [C - 1, 1, C, C + 1, 0], [1, 1, 1, 1, 1]]
+    seqs, totals, pieces = _pieces(sizes)
+    full_logits = model(seqs, totals)
+    state = None
+    for ids, n, start in pieces:
+        before = state
+        logits, state = model(ids, n, return_state=True, position=start, state=state)
+        _, ref_state = model(seqs, start + n, return_state=True)
+        _assert_continuation_matches(logits, state, start, n, full_logits, ref_state, 1e-5, before)
+
+
+def test_mixed_chunk_op_continues_from_state():
+    """The op in fp64, from the state after a tokens, with ragged offsets: out and state as one
+    pass over a + b tokens (the definition's state), both quadratic functions, C = 8 and 5."""
+    for C, attn_fn in ((8, "relu2"), (5, "laplace")):
+        a, b = (torch.tensor(col) for col in zip(*_two_piece_sizes(C)))
+        T = int((a + b).max())
+        qq, qk, lq, lk, v, bias = _random_op_inputs(T, B=len(a), C=C, seed=C)
+        full, _ = chunk_mixed_attention(qq, qk, lq, lk, v, bias, C, attn_fn)
+        _, state_a = chunk_mixed_attention(qq, qk, lq, lk, v, bias, C, attn_fn, a)
+        # Each row's b tokens from index a, right-padded with garbage.
+        index = torch.arange(int(b.max())).unsqueeze(0) + a.unsqueeze(1)
+        real = (index < (a + b).unsqueeze(1)).unsqueeze(-1)
+        parts = [torch.where(real, t.gather(1, index.clamp(max=T - 1).unsqueeze(-1).expand(-1, -1, t.shape[-1])),
+                             torch.randn(*index.shape, t.shape[-1], dtype=t.dtype))
+                 for t in (qq, qk, lq, lk, v)]
+        out, state = chunk_mixed_attention(*parts, bias, C, attn_fn, b, state_a, a % C)
+        _assert_state_is_naive(state, qk, lk, v, C, (a + b).tolist(), 1e-12)
+        for i in range(len(a)):
+            if b[i] > 0:
+                assert rel_err(out[i, :b[i]], full[i, a[i]:a[i] + b[i]]) <= 1e-12, i
+            else:
+                assert all(torch.equal(s[i], s0[i]) for s, s0 in zip(state, state_a)), i
+
+
+def _bad_continuation(model, what):
+    """forward's arguments for 3 sequences of 4 tokens continuing from position 9, with one bad."""
+    state = model.initial_state(3)
+    args = dict(lengths=torch.tensor([4, 0, 2]), position=torch.tensor([9, 9, 9]), state=state)
+    spec = model.state_specs()[0].name
+    bad = {
+        "length-over-T": dict(lengths=torch.tensor([5, 0, 2])),
+        "negative-length": dict(lengths=torch.tensor([4, -1, 2])),
+        "lengths-shape": dict(lengths=torch.tensor([4, 0])),
+        "position-int32": dict(position=torch.tensor([9, 9, 9], dtype=torch.int32)),
+        "position-shape": dict(position=torch.tensor([[9, 9, 9]])),
+        "negative-position": dict(position=torch.tensor([9, -1, 9])),
+        "missing-entry": dict(state={k: v for k, v in state.items() if k != spec}),
+        "unknown-entry": dict(state={**state, "9.lin_kv": state[spec]}),
+        "state-shape": dict(state={**state, spec: state[spec][:2]}),
+        "state-fp16": dict(state={**state, spec: state[spec].half()}),
+    }[what]
+    return {**args, **bad}
+
+
+@pytest.mark.parametrize("what,match", [
+    ("length-over-T", r"lengths \(new tokens per sequence\) must be in \[0, 4\]"),
+    ("negative-length", r"must be in \[0, 4\], got \[4, -1, 2\]"),
+    ("lengths-shape", r"expected lengths of shape \[3\]"),
+    ("position-int32", r"expected position int64 \[3\]"),
+    ("position-shape", r"expected position int64 \[3\]"),
+    ("negative-position", "position must be >= 0"),
+    ("missing-entry", r"missing \['0.lin_kv'\], unknown \[\]"),
+    ("unknown-entry", r"missing \[\], unknown \['9.lin_kv'\]"),
+    ("state-shape", r"expected state '0.lin_kv' torch.float32 \[3, 12, 36\]"),
+    ("state-fp16", r"expected state '0.lin_kv' torch.float32 .*got torch.float16"),
+])
+def test_bad_continuation_inputs(what, match):
+    model = make_model("default-options-c8")
+    with pytest.raises(LinexportError, match=match):
+        model(torch.randint(0, V, (3, 4)), return_state=True, **_bad_continuation(model, what))
+
+
+class _ContinueGraph(torch.nn.Module):
+    """forward with a state as a graph: (input_ids, lengths, position, *past) -> (logits, *present)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.names = [s.name for s in model.state_specs()]
+
+    def forward(self, input_ids, lengths, position, *past):
+        logits, state = self.model(input_ids, lengths, True, position, dict(zip(self.names, past)))
+        return (logits, *(state[name] for name in self.names))
+
+
+@torch.no_grad()
+def test_continued_prefill_exports_without_control_flow():
+    """torch.export → ONNX gives plain ops (no If/Loop/Scan), and ONNX Runtime runs a ragged batch
+    at mixed offsets (one row without new tokens, whose random state must come back exactly)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from linexport.export.graphs import quiet_exporter
+
+    model = make_model("default-options-c8", d_model=8, n_layers=1, qk_dim=4, expansion=1.0, chunk_size=4,
+                       rotary_dim=2)
+    graph = _ContinueGraph(model).eval()
+    specs = model.state_specs()
+    example = (torch.randint(0, V, (2, 5)), torch.tensor([5, 3]), torch.tensor([6, 3]),
+               *(torch.full((2, *s.shape[1:]), 0.5) for s in specs))
+    dyn = torch.export.Dim.DYNAMIC
+    with quiet_exporter():
+        dynamic = ({0: dyn, 1: dyn}, {0: dyn}, {0: dyn}, tuple({0: dyn} for _ in specs))
+        program = torch.onnx.export(graph, example, dynamo=True, optimize=True, dynamic_shapes=dynamic)
+    proto = program.model_proto
+    onnx.checker.check_model(proto)
+    ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
+    assert not ops & {"If", "Loop", "Scan"}, ops
+
+    inputs = (torch.randint(0, V, (4, 11)), torch.tensor([11, 0, 4, 7]), torch.tensor([0, 5, 3, 9]),
+              *(torch.randn(4, *s.shape[1:]) for s in specs))
+    expected = graph(*inputs)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, (t.numpy() for t in inputs))))
+    lengths = inputs[1]
+    real = torch.arange(11).unsqueeze(0) < lengths.unsqueeze(1)
+    assert rel_err(torch.from_numpy(got[0])[real], expected[0][real]) <= 1e-5
+    for g, e, past in zip(got[1:], expected[1:], inputs[3:]):
+        assert rel_err(torch.from_numpy(g), e) <= 1e-5
+        assert torch.equal(e[1], past[1]) and torch.equal(torch.from_numpy(g[1]), past[1])

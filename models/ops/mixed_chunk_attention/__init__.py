@@ -15,6 +15,9 @@ The position is not state: it comes with every step. The fold at a chunk boundar
 arithmetic on the position (``torch.where``), so the exported decode graph has no branches.
 ``pending`` stands for the partial chunk's linear keys: it is all the fold needs of them, and
 keeping it (S×E) instead of the keys (C×S) spares each decode step a C×S×E matmul.
+The chunked form also continues from such a state at any position (``initial_state``,
+``offset`` = position mod C): it completes the partial chunk exactly (docs/DESIGN.md, "The math,
+once").
 
 Both forms compute in fp32, or in fp64 when given fp64 (the tests' tight oracle runs).
 """
