@@ -7,6 +7,13 @@ One flow for both targets (``linexport.tensorrt_flavours``):
     the manifest, optimization profile, build -> write OUT/{prefill,decode}.engine and record
     them (and the plugin library, copied into OUT) in linexport.json
 
+The profile covers every input the manifest lists for a graph, with its shapes from the
+manifest: "batch" and "seq" from the options, fixed dims as they are. So a fixed-size-state
+export's prefill engine gets ``position`` [batch] and each ``past.*`` [batch, the state's
+dims] (it continues from a state, contract/graph_io.py), a KV-cache export's only
+``input_ids`` and ``lengths``. ``engines.profile`` in the manifest records the named dims'
+ranges the engines were built with; the report has every input's (min, opt, max) shapes.
+
 Networks are strongly typed: precision comes from the graph, so an fp16 export builds fp16
 kernels while its recurrent state stays exactly as fp32 as the graph says (the graph casts;
 TensorRT may not reformat a strongly typed tensor). ``--fp16`` therefore means "build from the
@@ -92,6 +99,7 @@ class BuildReport:
     manifest: dict
     reexported: str | None = None  # why the graphs were re-exported, if they were
     seconds: dict = field(default_factory=dict)  # graph -> build time
+    profiles: dict = field(default_factory=dict)  # graph -> input -> [min, opt, max] shapes TensorRT was given
     attention: str = ""  # how the attention op was built: plugin / inlined function body / traced
 
 
@@ -118,7 +126,8 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
         log(f"building the {name} engine ({options.target} {trt.__version__}, {manifest['precision']}, "
             f"batch {options.min_batch}..{options.max_batch}"
             + (f", seq 1..{options.max_seq}" if name == "prefill" else "") + ")")
-        engines[name], layers[name], cache = _build(trt, out, manifest, name, options, plugin, cache, log)
+        engines[name], layers[name], report.profiles[name], cache = _build(trt, out, manifest, name, options,
+                                                                           plugin, cache, log)
         report.seconds[name] = time.perf_counter() - start
         log(f"  {name} engine: {len(engines[name]) / 2**20:.1f} MiB in {report.seconds[name]:.1f}s")
     report.attention = _attention_kind(manifest, layers)
@@ -259,7 +268,10 @@ def _build(trt, out: Path, manifest: dict, name: str, options: EngineOptions, pl
     profile = builder.create_optimization_profile()
     for entry in graph["inputs"]:
         profile.set_shape(entry["name"], *_profile_shapes(entry, options.ranges))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise LinexportError(f"TensorRT refused the {name} engine's optimization profile: "
+                             + ("; ".join(logger.errors) or "see the log above"))
+    shapes = {e["name"]: [list(dims) for dims in profile.get_shape(e["name"])] for e in graph["inputs"]}
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -270,7 +282,7 @@ def _build(trt, out: Path, manifest: dict, name: str, options: EngineOptions, pl
     plugin_layers = sum(1 for layer in layers if layer.type in _plugin_layer_types(trt))
     if timing is not None:
         cache = bytes(memoryview(config.get_timing_cache().serialize()))
-    return bytes(memoryview(serialized)), plugin_layers, cache
+    return bytes(memoryview(serialized)), plugin_layers, shapes, cache
 
 
 def _plugin_layer_types(trt) -> tuple:
@@ -308,7 +320,8 @@ def _profile_shapes(entry: dict, ranges: dict) -> tuple[list, list, list]:
 
 def _check_network_io(trt, network, graph: dict, path: Path):
     """The parsed network must have exactly the manifest's IO, dtypes included: a strongly typed
-    network keeps them, so this is where "the state stays fp32" is enforced."""
+    network keeps them, so this is where "the state stays fp32" is enforced. Its inputs' fixed
+    dims must be the manifest's too (the profile is made from the manifest's shapes)."""
     found = {}
     for getter, count in ((network.get_input, network.num_inputs), (network.get_output, network.num_outputs)):
         for i in range(count):
@@ -318,6 +331,11 @@ def _check_network_io(trt, network, graph: dict, path: Path):
     if found != expected:
         raise LinexportError(f"{path}: TensorRT's network IO {found} differs from the manifest's "
                              f"{expected}; re-export the model")
+    shapes = {network.get_input(i).name: list(network.get_input(i).shape) for i in range(network.num_inputs)}
+    wanted = {e["name"]: [-1 if isinstance(d, str) else d for d in e["shape"]] for e in graph["inputs"]}
+    if shapes != wanted:
+        raise LinexportError(f"{path}: TensorRT's network input shapes {shapes} differ from the manifest's "
+                             f"{wanted} (-1: a dynamic dim); re-export the model")
 
 
 def _logger(trt, log):

@@ -53,8 +53,13 @@ class CudaRuntime:
                                            kind, ctypes.c_void_p(stream))
         self.check(err, "cudaMemcpy")
 
-    def memset(self, ptr: int, nbytes: int):
-        self.check(self.lib.cudaMemset(ctypes.c_void_p(ptr), 0, ctypes.c_size_t(nbytes)), "cudaMemset")
+    def memset(self, ptr: int, nbytes: int, stream: int | None = None):
+        """Zeros ``nbytes`` at ``ptr``; on ``stream`` (ordered after the work queued there) if given."""
+        if stream is None:
+            err = self.lib.cudaMemset(ctypes.c_void_p(ptr), 0, ctypes.c_size_t(nbytes))
+        else:
+            err = self.lib.cudaMemsetAsync(ctypes.c_void_p(ptr), 0, ctypes.c_size_t(nbytes), ctypes.c_void_p(stream))
+        self.check(err, "cudaMemset")
 
     def stream(self) -> int:
         s = ctypes.c_void_p()
@@ -155,6 +160,17 @@ class DeviceArray:
                 j += 1
             (a, b), count = pairs[i], j - i
             self.cuda.memcpy(dst.row_ptr(b), self.row_ptr(a), count * self.row_bytes, D2D, stream)
+            i = j
+
+    def zero_rows(self, rows, stream: int | None = None):
+        """Rows ``rows`` = zeros; runs of consecutive rows go as one memset."""
+        rows = sorted(int(r) for r in rows)
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                j += 1
+            self.cuda.memset(self.row_ptr(rows[i]), (j - i) * self.row_bytes, stream)
             i = j
 
     def free(self):

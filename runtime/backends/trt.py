@@ -3,13 +3,21 @@ pools per state with a per-slot parity, and each decode step replayed as a CUDA 
 
 All buffers are allocated at construction, sized by the engines' optimization profile (the
 manifest records it): prefill binds slices of them for any batch and prompt length within the
-profile. Decode addresses slots as ``OrtBackend`` does (see runtime/backends/ort.py for the
-whole scheme): slot s's state is in pool ``_parity[s]``; when the named slots are one
-contiguous run ``start..start+n-1`` of one parity p, rows ``start..`` of pool p are bound as
-``past.*`` and the same rows of pool 1-p as ``present.*`` (zero-copy) and those slots flip
-parity; otherwise the named rows are gathered (device to device) into a staging pool, the
-step runs there, and the results are scattered back into pool 0 (cost O(named rows)). Slots
-not named are never bound, so their state stays bit for bit.
+profile. Prefill continues each named slot from its state: the rows of slots with a position
+> 0 are gathered (device to device, from the pool each slot's parity names) into a staging
+buffer bound as ``past.*``, the rows of fresh sequences (position 0) there are zeroed, and
+``present.*`` rows are written into the slots after the engine ran, so every row is read before
+any slot is written (cost O(named rows) beside the prefill itself). Ingestion never asks for
+more tokens per call than the profile holds: ``default_prefill_chunk`` is the profile's largest
+sequence (at most 4096).
+
+Decode addresses slots as ``OrtBackend`` does (see runtime/backends/ort.py for the whole
+scheme): slot s's state is in pool ``_parity[s]``; when the named slots are one contiguous run
+``start..start+n-1`` of one parity p, rows ``start..`` of pool p are bound as ``past.*`` and
+the same rows of pool 1-p as ``present.*`` (zero-copy) and those slots flip parity; otherwise
+the named rows are gathered (device to device) into a staging pool, the step runs there, and
+the results are scattered back into pool 0 (cost O(named rows)). Slots not named are never
+bound, so their state stays bit for bit.
 
 A CUDA graph bakes in the addresses it was captured with, so there is one graph per binding:
 ``("run", start, n, p)`` for the fast path (which rows of which pool are past and present) and
@@ -33,6 +41,7 @@ import numpy as np
 
 from linexport.errors import LinexportError
 from linexport.runtime.backends.base import Backend, checked_state, contiguous_run
+from linexport.runtime.ingest import DEFAULT_PREFILL_CHUNK
 from linexport.tensorrt_flavours import import_tensorrt
 
 
@@ -87,6 +96,7 @@ class TrtBackend(Backend):
             raise LinexportError("the TensorRT backend needs a CUDA GPU, and none is visible to this "
                                  "process (or its driver is older than the CUDA runtime): use --backend ort")
         self.max_batch, self.max_seq = engines["profile"]["batch"][2], engines["profile"]["seq"][2]
+        self.default_prefill_chunk = min(DEFAULT_PREFILL_CHUNK, self.max_seq)  # ingestion stays in the profile
         if not 1 <= num_slots <= self.max_batch:
             raise LinexportError(f"expected 1..{self.max_batch} state slots (the engines' --max-batch), got "
                                  f"{num_slots}; rebuild with `linexport trt --max-batch {num_slots}`")
@@ -123,9 +133,13 @@ class TrtBackend(Backend):
         self._logits = self._pool(self.num_slots, (self.vocab_size,), d["logits"])
         self._host_ids = np.zeros((self.num_slots, 1), np.int64)
         self._host_pos = np.zeros((self.num_slots,), np.int64)
-        # prefill: the profile's largest inputs and outputs; a call binds their leading part
+        # prefill: the profile's largest inputs and outputs; a call binds their leading part.
+        # past.* is staged: a call's rows come from scattered slots of either parity, or are zeros.
         self._prefill_ids = self._pool(self.max_batch * self.max_seq, (), np.int64)
         self._prefill_lengths = self._pool(self.max_batch, (), np.int64)
+        self._prefill_pos = self._pool(self.max_batch, (), np.int64)
+        self._prefill_past = {n: self._pool(self.max_batch, self._shapes[n], p[f"past.{n}"])
+                              for n in self.state_names}
         self._prefill_logits = self._pool(self.max_batch, (self.vocab_size,), p["logits"])
         self._prefill_states = {n: self._pool(self.max_batch, self._shapes[n], p[f"present.{n}"])
                                 for n in self.state_names}
@@ -172,32 +186,41 @@ class TrtBackend(Backend):
             raise LinexportError("this TensorRT backend was closed: open the Model again to keep decoding")
 
     # -- graphs ---------------------------------------------------------------------------
-    def prefill(self, input_ids, lengths, slots):
+    def prefill(self, input_ids, lengths, slots, positions=None):
         from linexport.runtime.backends.cuda import H2D
 
         self._require_open()
-        input_ids = np.ascontiguousarray(input_ids, np.int64)
-        lengths = np.ascontiguousarray(lengths, np.int64)
-        if input_ids.ndim != 2 or lengths.shape != (input_ids.shape[0],):
-            raise LinexportError(f"prefill: expected input_ids [n, T] and lengths [n], got shapes "
-                                 f"{input_ids.shape} and {lengths.shape}")
-        n, T = input_ids.shape
+        ids, lengths, slots, positions = self._check_prefill_args(input_ids, lengths, slots, positions)
+        n, T = ids.shape
         if not (1 <= n <= self.max_batch and 1 <= T <= self.max_seq):
             raise LinexportError(f"expected a prefill of 1..{self.max_batch} prompts of 1..{self.max_seq} "
                                  f"tokens (the engines' profile), got {n} x {T}; rebuild with "
-                                 "`linexport trt --max-batch/--max-seq`, or split the prompt")
-        slots = self._check_slots(slots, n, "prefill")
+                                 "`linexport trt --max-batch/--max-seq`, or ingest in chunks of at most "
+                                 f"{self.max_seq} tokens (prefill_chunk)")
         e = self._prefill
-        self._cuda.memcpy(self._prefill_ids.ptr, input_ids.ctypes.data, input_ids.nbytes, H2D, self._stream)
-        self._cuda.memcpy(self._prefill_lengths.ptr, lengths.ctypes.data, lengths.nbytes, H2D, self._stream)
+        for buf, host in ((self._prefill_ids, ids), (self._prefill_lengths, lengths), (self._prefill_pos, positions)):
+            self._cuda.memcpy(buf.ptr, host.ctypes.data, host.nbytes, H2D, self._stream)
+        # past.*: row i is slots[i]'s state where it continues (from the pool its parity names),
+        # zeros where it starts fresh. All on the stream before the engine: nothing is written
+        # into a slot until every row has been read.
+        rows, go_on = np.arange(n), positions > 0
+        for name in self.state_names:
+            past = self._prefill_past[name]
+            for q in (0, 1):
+                mine = go_on & (self._parity[slots] == q)
+                if mine.any():
+                    self._pools[q][name].copy_rows_to(past, slots[mine], rows[mine], self._stream)
+            past.zero_rows(rows[~go_on], self._stream)
         e.bind("input_ids", self._prefill_ids.ptr, (n, T))
         e.bind("lengths", self._prefill_lengths.ptr, (n,))
+        e.bind("position", self._prefill_pos.ptr, (n,))
         e.bind("logits", self._prefill_logits.ptr)
         for name in self.state_names:
+            e.bind(f"past.{name}", self._prefill_past[name].ptr, (n, *self._shapes[name]))
             e.bind(f"present.{name}", self._prefill_states[name].ptr)
         e.run(self._stream, "prefill")
         for row, slot in enumerate(slots):
-            pool = self._place(slot)
+            pool = self._place(int(slot))
             for name in self.state_names:
                 self._prefill_states[name].copy_rows_to(pool[name], [row], [slot], self._stream)
         return self._prefill_logits.read(rows=n, stream=self._stream).astype(np.float32, copy=False)

@@ -36,13 +36,39 @@ def snapshot(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
+class _LazyExports(dict):
+    """arch -> export directory, each exported the first time a test asks for it (an arch that
+    fails to export fails its own tests only)."""
+
+    def __init__(self, checkpoints, root):
+        super().__init__()
+        self.checkpoints, self.root = checkpoints, root
+
+    def __missing__(self, arch):
+        if arch not in ARCHS:
+            raise KeyError(arch)
+        export_checkpoint(self.checkpoints[arch], self.root / arch)
+        self[arch] = self.root / arch
+        return self[arch]
+
+
 @pytest.fixture(scope="module")
 def fp32_exports(checkpoints, tmp_path_factory):
     """arch -> a function-lowered fp32 export (the default `linexport onnx` output)."""
-    root = tmp_path_factory.mktemp("engine-exports")
-    for arch in ARCHS:
-        export_checkpoint(checkpoints[arch], root / arch)
-    return {arch: root / arch for arch in ARCHS}
+    return _LazyExports(checkpoints, tmp_path_factory.mktemp("engine-exports"))
+
+
+def expected_profiles(manifest: dict, batch, seq) -> dict:
+    """graph -> input -> [min, opt, max] shapes, from the manifest's states (not its graph IO,
+    which the build reads): the prefill continues from a state (position, past.* as decode
+    takes them) unless the states are KV caches."""
+    fixed = all(isinstance(d, int) for s in manifest["states"] for d in s["shape"][1:])
+    past = {"position": [[b] for b in batch],
+            **{f"past.{s['name']}": [[b, *s["shape"][1:]] for b in batch] for s in manifest["states"]}}
+    prefill = {"input_ids": [[b, t] for b, t in zip(batch, seq)], "lengths": [[b] for b in batch]}
+    if fixed:
+        return {"prefill": {**prefill, **past}, "decode": {"input_ids": [[b, 1] for b in batch], **past}}
+    return {"prefill": prefill}  # a KV cache's decode past has the past_seq dim: checked by the build
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -63,6 +89,15 @@ def test_rtx_builds_and_records_engines(arch, precision, fp32_exports, tmp_path)
     assert engines["target"] == "rtx" and engines["precision"] == precision and engines["strongly_typed"]
     kv_cache = {"past_seq": [0, 40, 96]} if arch in KV_CACHE_ARCHS else {}  # the decode graph's cache length
     assert engines["profile"] == {"batch": [1, 2, 3], "seq": [1, 40, 96], **kv_cache}
+    # Every input of each engine got its shapes from the manifest: a fixed-size state's prefill
+    # engine takes position and past.* (batch 1..3, the state's dims), a KV cache's does not.
+    expected = expected_profiles(manifest, (1, 2, 3), (1, 40, 96))
+    for graph, inputs in expected.items():
+        assert report.profiles[graph] == inputs, graph
+        assert list(report.profiles[graph]) == [e["name"] for e in manifest["graphs"][graph]["inputs"]]
+    prefill_inputs = set(report.profiles["prefill"])
+    assert ("position" in prefill_inputs) == (arch not in KV_CACHE_ARCHS)
+    assert all(f"past.{s['name']}" in prefill_inputs for s in manifest["states"]) == (arch not in KV_CACHE_ARCHS)
     assert engines["attention"] == ("inlined function body" if arch == "linear" else "traced")
     assert engines["plugin_library"] is None
     for name, file in ENGINE_FILES.items():
@@ -93,6 +128,27 @@ def test_rebuild_replaces_the_record(fp32_exports, tmp_path):
     second = read_manifest(out).data["engines"]
     assert second["profile"] == {"batch": [1, 1, 5], "seq": [1, 64, 64]}
     assert second["graphs"]["prefill"]["sha256"] != first["graphs"]["prefill"]["sha256"]
+
+
+def test_a_state_shape_the_graphs_do_not_have_is_refused(fp32_exports, tmp_path):
+    """The profile is made from the manifest's shapes: a manifest whose state disagrees with the
+    graphs (edited consistently everywhere it appears, so it still validates) is refused before
+    building, and OUT is left as it was."""
+    out = tmp_path / "out"
+    shutil.copytree(fp32_exports["linear"], out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    state = manifest["states"][0]
+    old = list(state["shape"])
+    state["shape"] = [*old[:-1], old[-1] + 1]
+    for graph in manifest["graphs"].values():
+        for entry in [*graph["inputs"], *graph["outputs"]]:
+            if entry["name"] in (f"past.{state['name']}", f"present.{state['name']}"):
+                entry["shape"] = list(state["shape"])
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    before = snapshot(out)
+    with pytest.raises(LinexportError, match=rf"network input shapes .*past\.{state['name']}"):
+        build_engines(out, EngineOptions(target="rtx", **SMALL))
+    assert snapshot(out) == before
 
 
 def test_rtx_refuses_graphs_lowered_for_tensorrt(exports, tmp_path):

@@ -168,3 +168,48 @@ def test_emulated_prefill_then_decode_equals_longer_prefill(emulated):
     assert rel_err(o_step, o_all[:, 33:]) < TOL[torch.bfloat16]
 
 
+
+
+# A ragged prefill, then a ragged prefill continuing from the state it left. Row 1 adds nothing
+# in the first call (it continues from zeros), row 2 nothing in the second (its state must pass
+# through bit for bit); row 3 ends the first call mid-chunk and spans chunks in the second.
+FIRST, THEN = [7, 0, 40, 19], [30, 25, 0, 45]
+CONTINUED = [  # id, (H, Dk, Dv), dtype
+    ("recurrent-fp32", (2, 64, 40), torch.float32),
+    ("chunked-fp16-C64-Dk60", (1, 60, 40), torch.float16),
+    ("chunked-bf16-C32-Dk96", (1, 96, 32), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("dims, dtype", [c[1:] for c in CONTINUED], ids=[c[0] for c in CONTINUED])
+def test_emulated_continued_prefill_equals_one_shot(emulated, dims, dtype):
+    """The second call, from the first call's (non-zero) state, equals the fp64 reference
+    continuing from that state and the fp64 reference of one prefill over whole rows (the state
+    to 1e-5, outputs at each type's rounding floor). Padding in both calls is real-looking
+    tokens, so only ``lengths`` keeps it out."""
+    H, Dk, Dv = dims
+    first, then = torch.tensor(FIRST), torch.tensor(THEN)
+    B, total = len(FIRST), first + then
+    q, k, v, _ = inputs(B, int(total.max()), H, Dk, Dv, dtype, False)
+    pad = inputs(B, int(then.max()), H, Dk, Dv, dtype, False)[:3]
+    second = [p.clone() for p in pad]
+    for b in range(B):
+        for t, full in zip(second, (q, k, v)):
+            t[b, :then[b]] = full[b, first[b]:total[b]]
+    head = [t[:, :int(first.max())].contiguous() for t in (q, k, v)]
+
+    _, s1 = run(emulated, *head, None, first)
+    o2, s2 = run(emulated, *second, s1, then)
+    assert not torch.isnan(o2).any() and not torch.isnan(s2).any()
+    assert not s1[1].any(), "a row of length 0 from no past: a zero state"
+    assert torch.equal(s2[2], s1[2]), "a row of length 0 passes its state through bit for bit"
+
+    o_cont, s_cont = reference(*second, s1, then)
+    o_all, s_all = reference(q, k, v, None, total)
+    assert rel_err(s2, s_cont) < 1e-5 and rel_err(s2, s_all) < 1e-5
+    valid = [(b, t) for b in range(B) for t in range(int(then[b]))]
+    got = torch.stack([o2[b, t] for b, t in valid])
+    assert rel_err(got, torch.stack([o_cont[b, t] for b, t in valid])) < TOL[dtype]
+    assert rel_err(got, torch.stack([o_all[b, first[b] + t] for b, t in valid])) < TOL[dtype]
+    for b, n in enumerate(THEN):
+        assert not o2[b, n:].any(), f"batch row {b}: output past its length {n} must be zero"

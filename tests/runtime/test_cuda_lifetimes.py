@@ -86,7 +86,7 @@ def _backend(cuda, num_slots=3) -> TrtBackend:
     b.state_names, b._shapes = ["0.s", "1.s"], {"0.s": (2, 3), "1.s": (4,)}
     f32 = np.dtype(np.float32)
     b._allocate({"past.0.s": f32, "past.1.s": f32, "logits": f32},
-                {"present.0.s": f32, "present.1.s": f32, "logits": f32})
+                {"past.0.s": f32, "past.1.s": f32, "present.0.s": f32, "present.1.s": f32, "logits": f32})
     return b
 
 
@@ -97,7 +97,9 @@ def test_close_destroys_graphs_frees_buffers_then_the_stream(cuda):
         b._graphs[key] = cuda.capture(b._stream, lambda: None)
     graphs = [(g.graph, g.exe) for g in b._graphs.values()]
     allocated = [args[0] for args in cuda.lib.named("cudaMalloc")]
-    assert len(allocated) == len(b._buffers) == 2 * 2 + 2 * 2 + 3 + 3 + 2  # pools, staging, decode io, prefill io
+    # pools, staging, decode io (ids, positions, logits), prefill io (ids, lengths, positions,
+    # logits, past and present per state)
+    assert len(allocated) == len(b._buffers) == 2 * 2 + 2 * 2 + 3 + 4 + 2 * 2
     stream = b._stream
 
     b.close()
