@@ -35,6 +35,12 @@ class Model:
         chunk = None if prefill_chunk is None else check_chunk(prefill_chunk)  # before building anything
         self.backend = create_backend(backend, self.manifest, num_slots, device)
         self.prefill_chunk = chunk or getattr(self.backend, "default_prefill_chunk", DEFAULT_PREFILL_CHUNK)
+        most = getattr(self.backend, "max_seq", None)  # an engine profile's longest prefill
+        if most is not None and self.prefill_chunk > most:
+            self.backend.close()
+            raise LinexportError(f"expected prefill_chunk <= {most} (the engines' largest profiled sequence), "
+                                 f"got {self.prefill_chunk}; pass a smaller prefill_chunk or rebuild the "
+                                 "engines with a larger --max-seq")
         if self.backend.vocab_size != self.manifest.vocab_size:
             raise LinexportError(f"{self.path}: the graphs' vocab ({self.backend.vocab_size}) does not "
                                  f"match the manifest's ({self.manifest.vocab_size}); re-export")

@@ -4,6 +4,7 @@ A prompt of any length (``--prompt-file``) is ingested chunk by chunk (``--prefi
 tokens per prefill call), so memory stays that of one chunk: the state carries the rest.
 """
 
+import sys
 from pathlib import Path
 
 import click
@@ -51,7 +52,7 @@ def command(out, prompt, prompt_file, prefill_chunk, max_new_tokens, temperature
 
     tokens = model.tokenizer.encode(text)
     with tqdm(total=len(tokens), unit="tok", unit_scale=True, desc=f"ingesting {prompt_file.name}",
-              file=click.get_text_stream("stderr"), dynamic_ncols=True) as bar:
+              file=sys.stderr, dynamic_ncols=True) as bar:
         stream = generator.generate(tokens, params, progress=bar.update)
         first = next(stream, "")  # the prompt is ingested before the first piece comes
     click.echo(first, nl=False)

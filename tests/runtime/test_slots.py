@@ -90,9 +90,11 @@ def test_permute_and_copy_touch_only_named_slots(arch, runtime_exports):
     np.testing.assert_array_equal(logits[0], logits[1])
 
 
-def test_continued_prefill_in_scattered_slots(runtime_exports):
-    slot_checks.check_continued_prefill_in_scattered_slots(runtime_exports["linear"][0])
+@pytest.mark.parametrize("arch", ["linear", "flash"])  # the fixed-size states: both continue
+def test_continued_prefill_in_scattered_slots(arch, runtime_exports):
+    slot_checks.check_continued_prefill_in_scattered_slots(runtime_exports[arch][0])
 
 
-def test_chunked_ingestion_equals_one_prefill(runtime_exports):
-    slot_checks.check_chunked_ingestion_equals_one_prefill(runtime_exports["linear"][0])
+@pytest.mark.parametrize("arch", ["linear", "flash"])
+def test_chunked_ingestion_equals_one_prefill(arch, runtime_exports):
+    slot_checks.check_chunked_ingestion_equals_one_prefill(runtime_exports[arch][0])
