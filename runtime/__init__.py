@@ -9,8 +9,9 @@ or TensorRT load when a backend is created. Never imports torch.
 
 from linexport.runtime.generator import Generator, Sequence, Snapshot
 from linexport.runtime.model import Model
+from linexport.runtime.prefix_cache import PrefixCache
 from linexport.runtime.sampling import SamplingParams
 from linexport.runtime.tokenizers import ByteTokenizer, CallableTokenizer, tokenizer_from_json
 
-__all__ = ["ByteTokenizer", "CallableTokenizer", "Generator", "Model", "SamplingParams", "Sequence",
-           "Snapshot", "tokenizer_from_json"]
+__all__ = ["ByteTokenizer", "CallableTokenizer", "Generator", "Model", "PrefixCache", "SamplingParams",
+           "Sequence", "Snapshot", "tokenizer_from_json"]

@@ -13,7 +13,8 @@ from linexport.models.sampling import generate_ids
 def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for name in ("onnx", "verify", "trt", "compare", "generate", "bench", "demo", "sample", "train", "convert"):
+    for name in ("onnx", "verify", "trt", "compare", "generate", "chat", "bench", "demo", "sample", "train",
+                 "convert"):
         assert f"  {name} " in result.output, name
 
 
