@@ -26,6 +26,26 @@ ARCHS = tuple(REGISTRY)
 KV_CACHE_ARCHS = tuple(name for name, arch in REGISTRY.items() if arch.kv_cache)  # the baselines
 
 
+def _calls_the_custom_op(arch: str) -> bool:
+    from linexport.contract.op_spec import OP_NAME
+    from linexport.export.ops import ops_in_model
+
+    return OP_NAME in ops_in_model(build_model(arch, REGISTRY[arch].test_config))
+
+
+# Only these archs' graphs hold the custom node; for the others, the plugin and function
+# lowerings leave the graph byte for byte as traced (nothing to replace), so testing both of them
+# would test the same graph twice.
+OP_ARCHS = tuple(a for a in ARCHS if _calls_the_custom_op(a))
+
+
+def lowering_cases(archs=ARCHS):
+    """(arch, lowering) pairs that give distinct graphs: every lowering for an arch with the
+    custom node, ``function`` and ``standard`` (another opset) for the others."""
+    return [pytest.param(a, lo, id=f"{a}-{lo}") for a in archs for lo in LOWERINGS
+            if lo != "plugin" or a in OP_ARCHS]
+
+
 def make_model(arch: str):
     """The registry's tiny model of ``arch`` (odd sizes), randomly initialised, weights scaled up
     so attention is far from uniform (errors then show)."""

@@ -16,7 +16,7 @@ from linexport.contract import op_spec
 from linexport.export.ort_session import prefill_feed
 from linexport.export.lowerings import attention_nodes
 from linexport.contract.manifest import load_manifest
-from tests.export.conftest import ARCHS, KV_CACHE_ARCHS, LOWERINGS, make_model
+from tests.export.conftest import ARCHS, KV_CACHE_ARCHS, lowering_cases, make_model
 
 _TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
@@ -69,8 +69,7 @@ def test_io_follows_the_contract(arch, dtype, exports):
     assert prefill_inputs == ["input_ids", "lengths", *past]
 
 
-@pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,lowering", lowering_cases())
 def test_checker_shape_inference_and_no_control_flow(arch, lowering, exports):
     for graph in exports.lowered(arch, "fp16", lowering):
         onnx.checker.check_model(graph, full_check=True)
@@ -119,8 +118,7 @@ def _growth(model, feeds_at):
     return max(large[n] / max(small[n], 1) for n in small)
 
 
-@pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,lowering", lowering_cases())
 def test_no_tensor_grows_with_t_squared(arch, lowering, exports):
     prefill, _ = exports.lowered(arch, "fp32", lowering)
     if lowering == "plugin":

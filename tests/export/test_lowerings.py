@@ -10,8 +10,8 @@ import torch
 
 from linexport.export.ort_session import prefill_feed
 from tests.conftest import rel_err
-from tests.export.conftest import (ARCHS, DECODE_CHUNK, DTYPES, KV_CACHE_ARCHS, LOWERINGS, PREFILL_CHUNK,
-                                   low_precision_model, ort_session)
+from tests.export.conftest import (ARCHS, DECODE_CHUNK, DTYPES, KV_CACHE_ARCHS, PREFILL_CHUNK, low_precision_model,
+                                   lowering_cases, ort_session)
 
 FP32_TOL = 1e-5
 STEPS = 5
@@ -48,8 +48,7 @@ def _torch_steps(model, ids, lengths, steps):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,lowering", lowering_cases())
 def test_prefill_and_decode_match_pytorch(arch, lowering, dtype, models, exports):
     model = models[arch]
     prefill, decode = exports.lowered(arch, dtype, lowering)
@@ -80,8 +79,7 @@ def test_prefill_and_decode_match_pytorch(arch, lowering, dtype, models, exports
             _check(state[name], r[1][name], lo and lo[1][name], f"decode step {i} present.{name}")
 
 
-@pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,lowering", lowering_cases())
 def test_ragged_batch_equals_unpadded_prefill(arch, lowering, models, exports):
     model = models[arch]
     prefill, _ = exports.lowered(arch, "fp32", lowering)
@@ -121,8 +119,7 @@ def _split_inputs(vocab):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lowering", LOWERINGS)
-@pytest.mark.parametrize("arch", CONTINUING_ARCHS)
+@pytest.mark.parametrize("arch,lowering", lowering_cases(CONTINUING_ARCHS))
 def test_continued_prefill_equals_one_prefill(arch, lowering, dtype, models, exports):
     """prefill(a) then prefill(b) from its state == prefill(a + b) in PyTorch: logits of each
     row's last token and every state, on one ragged batch of rows at different positions; then
@@ -167,14 +164,14 @@ def test_three_continued_pieces_equal_one_prefill(arch, models, exports):
     names = [s.name for s in model.state_specs()]
     whole, lengths = _inputs(model.config.vocab_size, (33, 21, 4))
     ref_logits, ref_state = _torch_steps(model, whole, lengths, 0)[0]
-    position, state = np.zeros(3, np.int64), None
+    position, state, last = np.zeros(3, np.int64), None, None
     for piece in (5, 16, 12):
         take = np.clip(lengths.numpy() - position, 0, piece)
         ids = np.zeros((3, piece), np.int64)
         for row in range(3):
             ids[row, :take[row]] = whole[row, position[row]:position[row] + take[row]]
         out = sp.run(None, prefill_feed(sp, ids, take, position, state))
-        last = np.where((take > 0)[:, None], out[0], last if state is not None else out[0])
+        last = out[0] if last is None else np.where((take > 0)[:, None], out[0], last)  # rows done keep theirs
         state, position = dict(zip(names, out[1:])), position + take
     assert (position == lengths.numpy()).all()
     _check(last, ref_logits, None, "logits after three pieces")
