@@ -42,7 +42,8 @@ def test_export_verify_and_atomic_replace(checkpoints, tmp_path, monkeypatch):
     assert manifest["lowering"]["ops"] == {"causal_linear_attention": "function"}
     result = cli("verify", out, "--steps", 4)
     assert result.exit_code == 0, result.output
-    assert "all 18 checks passed" in result.output  # 2 prompt sets x 3 groups x (logits + 2 states)
+    assert "all 24 checks passed" in result.output  # 2 prompt sets x 4 groups x (logits + 2 states)
+    assert "prefill(a) + continued prefill(b) == prefill(a+b) present.1.kv" in result.output
 
     # A second export replaces the first only once it is complete: external data forced on.
     monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 0)
@@ -78,14 +79,15 @@ def test_verify_fails_on_a_cache_of_the_wrong_length():
 def test_verify_fails_when_the_graphs_disagree(exports, monkeypatch):
     prefill = OrtGraphs.prefill
 
-    def off_by_a_little(self, input_ids, lengths):
-        logits, state = prefill(self, input_ids, lengths)
+    def off_by_a_little(self, input_ids, lengths, position=None, state=None):
+        logits, state = prefill(self, input_ids, lengths, position, state)
         return logits + np.float32(1e-2) * np.abs(logits).max(), state
 
     monkeypatch.setattr(OrtGraphs, "prefill", off_by_a_little)
     result = cli("verify", exports.dir("linear", "fp32"), "--steps", 2)
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output and "prefill logits" in result.output
+    assert "continued prefill(b) == prefill(a+b) logits" in result.output  # a continued prefill is off too
 
 
 # -- bad inputs -----------------------------------------------------------------------------------
