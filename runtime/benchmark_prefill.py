@@ -1,10 +1,14 @@
-"""Prefill throughput and peak memory, one fresh process per (export, sequence length).
+"""Prefill throughput and peak memory, one fresh process per (export, sequence length); with a
+``chunk``, the same for chunked ingestion of one long prompt (``runtime.ingest``).
 
 Why a fresh process: ONNX Runtime's CPU arena keeps what it once allocated, so a second
 measurement in the same process would see the first one's memory and report too little. Each
 child loads the session, takes its resident size as the baseline, resets the kernel's peak
 counter (``/proc/self/clear_refs``), runs the prefill once cold and ``repeats`` times warm, and
 reports the peak resident size over that baseline: the host memory the prefill itself needed.
+With ``chunk`` each run is ``ingest(..., chunk)`` instead of one prefill call: continued prefills
+of ``chunk`` tokens each, or, for a KV-cache baseline, which cannot continue, one call over the
+whole prompt (the row's ``chunked`` says which).
 
     python -m linexport.runtime.benchmark_prefill '{"path": "out", "seq": 1024, ...}'   # a child
 """
@@ -20,16 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
+INGEST_DOC = ("ingest: like prefill, but each run is runtime.ingest over one prompt of `seq` tokens, "
+              "`chunk` tokens per continued prefill call; chunked false: a KV-cache baseline, whose prefill "
+              "cannot continue, ingested the prompt in one call")
 MEMORY_DOC = ("peak_bytes: peak resident set size (VmHWM) of a fresh process during the prefill runs "
               "minus its resident size after loading the session, i.e. host memory the prefill added; "
               "on device 'cuda' or backend 'trt' device memory is not counted")
 
 
 def measure_prefill(path, seq: int, batch: int, backend: str, device: str, repeats: int,
-                    timeout_s: float) -> dict:
-    """Runs one child; returns its measurement, or ``{"status": "skipped", "reason": ...}``."""
+                    timeout_s: float, chunk: int | None = None) -> dict:
+    """Runs one child; returns its measurement, or ``{"status": "skipped", "reason": ...}``.
+    ``chunk``: ingest in continued prefills of that many tokens instead of one prefill call."""
     spec = {"path": str(path), "seq": seq, "batch": batch, "backend": backend, "device": device,
-            "repeats": repeats}
+            "repeats": repeats, "chunk": chunk}
     cmd = [sys.executable, "-m", "linexport.runtime.benchmark_prefill", json.dumps(spec)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -59,30 +67,40 @@ def _skipped(seq: int, reason: str) -> dict:
 
 
 def _child(spec: dict) -> dict:
+    from linexport.runtime.ingest import ingest
     from linexport.runtime.model import Model
 
-    seq, batch = spec["seq"], spec["batch"]
+    seq, batch, chunk = spec["seq"], spec["batch"], spec.get("chunk")
     # The parent already checked the hashes; a child per point need not read the graphs twice.
     model = Model(spec["path"], backend=spec["backend"], device=spec["device"], num_slots=batch,
-                  verify_hashes=False)
+                  verify_hashes=False, prefill_chunk=chunk)
     ids = np.random.default_rng(seq).integers(0, model.vocab_size, (batch, seq), dtype=np.int64)
     lengths = np.full(batch, seq, np.int64)
     slots = list(range(batch))
+    if chunk is None:
+        def run():
+            model.backend.prefill(ids, lengths, slots)
+    else:
+        def run():
+            ingest(model.backend, ids, slots, np.zeros(batch, np.int64), chunk)
     _settle()
     peak_tracking = _reset_peak()
     baseline = _status_bytes("VmRSS")
     start = time.perf_counter()
-    model.backend.prefill(ids, lengths, slots)
+    run()
     cold = time.perf_counter() - start
     warm = []
     for _ in range(spec["repeats"]):
         start = time.perf_counter()
-        model.backend.prefill(ids, lengths, slots)
+        run()
         warm.append(time.perf_counter() - start)
     median = float(np.median(warm)) if warm else cold
     peak = _status_bytes("VmHWM") - baseline if peak_tracking else None
-    return {"seq": seq, "status": "ok", "tokens_per_s": batch * seq / median, "seconds_median": median,
-            "seconds": warm, "cold_seconds": cold, "peak_bytes": peak, "baseline_bytes": baseline}
+    row = {"seq": seq, "status": "ok", "tokens_per_s": batch * seq / median, "seconds_median": median,
+           "seconds": warm, "cold_seconds": cold, "peak_bytes": peak, "baseline_bytes": baseline}
+    if chunk is not None:
+        row.update(chunk=chunk, chunked=bool(model.backend.continues_prefill))
+    return row
 
 
 def _settle() -> None:

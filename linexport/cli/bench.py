@@ -1,4 +1,5 @@
-"""`linexport bench`: decode latency vs context and prefill speed / memory vs length, side by side."""
+"""`linexport bench`: decode latency vs context, prefill speed / memory vs length, chunked ingestion
+of long prompts and appending to a live sequence, side by side."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 from linexport.cli.common import backend_options, resolve_device
 
 _SIZES = "64,256,1024,4096,16384"
+_INGEST_SEQS = "8192,32768,131072,262144"
 
 
 @click.command("bench")
@@ -27,17 +29,26 @@ _SIZES = "64,256,1024,4096,16384"
               help="Untimed decode steps before them.")
 @click.option("--repeats", type=click.IntRange(min=0), default=3, show_default=True,
               help="Timed prefill runs per length, after one cold run.")
+@click.option("--ingest-seqs", default=_INGEST_SEQS, show_default=True,
+              help="Ingest: prompt lengths, one prompt each fed in --prefill-chunk pieces; '' for none.")
+@click.option("--prefill-chunk", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Tokens per continued prefill call (ingest, append).")
+@click.option("--append", "append", default="4096:1024", show_default=True,
+              help="CONTEXT:TOKENS: append TOKENS to a live CONTEXT-token sequence as one continued prefill "
+                   "and as TOKENS decode steps; '' for none.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
-              help="Seconds allowed per prefill measurement (each runs in its own process).")
+              help="Seconds allowed per prefill or ingest measurement (each runs in its own process).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write every raw number, the settings and machine info here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a PNG (needs matplotlib).")
-def command(outs, backend, device, batch, contexts, prefill_seqs, steps, warmup, repeats, timeout,
-            json_path, plot_path):
+def command(outs, backend, device, batch, contexts, prefill_seqs, steps, warmup, repeats, ingest_seqs,
+            prefill_chunk, append, timeout, json_path, plot_path):
     """Benchmark the exports in OUTS (one or more directories): per-token decode latency against
-    context length, prefill tokens/s and peak memory against sequence length."""
-    from linexport.runtime.benchmark import BenchSettings, parse_sizes, run_bench
+    context length, prefill tokens/s and peak memory against sequence length, the same for long
+    prompts ingested chunk by chunk, and appending to a live sequence (continued prefill against
+    decode steps)."""
+    from linexport.runtime.benchmark import BenchSettings, parse_append, parse_sizes, run_bench
     from linexport.runtime.benchmark_report import format_report
 
     if plot_path is not None:  # fail before the measurements, not after them
@@ -46,10 +57,13 @@ def command(outs, backend, device, batch, contexts, prefill_seqs, steps, warmup,
         require_matplotlib()
     context_sizes = parse_sizes(contexts, "--contexts")
     seqs = parse_sizes(prefill_seqs, "--prefill-seqs") if prefill_seqs else context_sizes
+    ingest = parse_sizes(ingest_seqs, "--ingest-seqs") if ingest_seqs.strip() else ()
+    append_point = parse_append(append)
     settings = BenchSettings(backend=backend, device=resolve_device(backend, device), batch=batch, contexts=context_sizes,
                              prefill_seqs=seqs, steps=steps, warmup=warmup, repeats=repeats,
-                             timeout_s=timeout)
-    total = len(outs) * (len(context_sizes) + len(seqs))
+                             timeout_s=timeout, ingest_seqs=ingest, prefill_chunk=prefill_chunk,
+                             append=append_point)
+    total = len(outs) * (len(context_sizes) + len(seqs) + len(ingest) + (append_point is not None))
     with click.progressbar(length=total, label="bench", file=sys.stderr, show_pos=True,
                            item_show_func=lambda label: label) as bar:
         result = run_bench(outs, settings, progress=lambda label: bar.update(1, label))
