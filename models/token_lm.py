@@ -173,12 +173,15 @@ class TokenLM(CausalLM):
         if position is not None:
             check_position(position, B)
             positions = positions + position.unsqueeze(1)
+        mask = length_mask(lengths, B, T, input_ids.device)
         if c.pos_emb == "learned":
             self._check_learned(positions, lengths)
-            # Padded tokens past the last learned position look one up too (and are masked out).
-            positions = positions.clamp(max=c.max_seq_len - 1)
+            # A padded token (masked out) looks up position 0, so that padding after a row that
+            # ends near the last learned position stays in the table; a real token past it
+            # still fails (here, and in the graph's Gather).
+            positions = torch.where(mask, positions, 0)
         x, cos, sin = self._embed(input_ids, positions)
-        return x, length_mask(lengths, B, T, input_ids.device), cos, sin
+        return x, mask, cos, sin
 
     def _check_learned(self, positions, lengths):
         """Eager only: a real token past the learned positions has no embedding."""
