@@ -233,3 +233,21 @@ def test_config_keys_and_dict_round_trip(arch):
     assert config_from_dict(cls, data) == config and config.pos_emb == "learned"
     with pytest.raises(LinexportError, match=rf"config for {cls.__name__} has unknown keys \['qk_dim'\]"):
         config_from_dict(cls, {**data, "qk_dim": 8})
+
+
+@torch.no_grad()
+def test_learned_positions_continue_from_the_state_and_end_at_the_table():
+    """A continued prefill embeds position + t; padding past the table is harmless, a real
+    token past it is refused."""
+    model = make_model("linear", variant("linear", "learned"), max_seq_len=32)
+    ids = torch.randint(0, model.config.vocab_size, (2, 32))
+    whole, whole_state = model(ids, torch.tensor([32, 25]), return_state=True)
+    _, first = model(ids[:, :20], torch.tensor([20, 20]), return_state=True)
+    rest = torch.zeros(2, 12, dtype=torch.int64)
+    rest[0], rest[1, :5] = ids[0, 20:], ids[1, 20:25]  # row 1 ends at 25: its padding runs past 32
+    logits, state = model(rest, torch.tensor([12, 5]), return_state=True, position=torch.tensor([20, 20]),
+                          state=first)
+    assert rel_err(logits[0], whole[0, 20:]) < 1e-5 and rel_err(logits[1, :5], whole[1, 20:25]) < 1e-5
+    assert rel_err(state["0.kv"], whole_state["0.kv"]) < 1e-5
+    with pytest.raises(LinexportError, match=r"position 32 exceeds .*max_seq_len=32"):
+        model(rest[:1, :1], torch.tensor([1]), position=torch.tensor([32]), state={k: v[:1] for k, v in state.items()})
