@@ -45,7 +45,7 @@ def _mutations():
         # An export from before continued prefill: refused with the command that writes it again.
         "older version": (set_(["format_version"], 1),
                           r"older linexport \(manifest format 1\).*Re-export it: linexport onnx --model "
-                          r"\S+model\.pt -o \S+ --dtype fp32 --lowering \w+ --opset \d+"),
+                          r"\S+\.pt -o \S+ --dtype fp32 --lowering \w+ --opset \d+"),
         "missing field": (lambda m: m.pop("states"), "expected field 'states'"),
         "bool as int": (set_(["vocab_size"], True), "expected field 'vocab_size' to be a int"),
         "bad precision": (set_(["precision"], "int8"), "expected precision in"),

@@ -24,8 +24,8 @@ class AttentionOnlyBlock(nn.Module):
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.mixer = Mixer(config)
 
-    def forward(self, x, mask, cos, sin):
-        a, state = self.mixer(self.norm(x), mask, cos, sin)
+    def forward(self, x, mask, cos, sin, state=None):
+        a, state = self.mixer(self.norm(x), mask, cos, sin, state)
         return x + a, state
 
     def step(self, x, state, position, cos, sin):

@@ -61,7 +61,8 @@ class _ChunkAttention(LinearAttention):
     """The reference: LinearAttention's parameters, the chunked function called directly (its
     gradients are plain autograd's through chunk.py, not the op's backward)."""
 
-    def forward(self, x, mask, cos, sin):
+    def forward(self, x, mask, cos, sin, state=None):
+        assert state is None, "training prefills from zeros"
         q, k, v = self._qkv(x, cos, sin)
         k = k * mask[:, None, :, None].to(k.dtype)
         o, state = chunk_causal_linear_attention(q, k, v, self.config.eps, 16)
