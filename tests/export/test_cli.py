@@ -17,7 +17,7 @@ from linexport.contract.manifest import MANIFEST_NAME
 from linexport.export.ort_session import OrtGraphs
 from linexport.files import file_sha256
 from linexport.models.checkpoint import save_checkpoint
-from tests.export.conftest import ARCHS, make_model
+from tests.export.conftest import make_model
 
 
 def cli(*args):
@@ -61,7 +61,9 @@ def test_export_verify_and_atomic_replace(checkpoints, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# Reformer's fp16 graphs are checked against PyTorch in tests/export/test_lowerings.py; here the
+# command end to end on one arch of each state kind and on GAU.
+@pytest.mark.parametrize("arch", ["linear", "flash", "softmax"])
 def test_verify_passes_on_a_plugin_lowered_fp16_export(arch, exports):
     result = cli("verify", exports.dir(arch, "fp16"), "--steps", 2)
     assert result.exit_code == 0, result.output

@@ -71,8 +71,10 @@ def expected_profiles(manifest: dict, batch, seq) -> dict:
     return {"prefill": prefill}  # a KV cache's decode past has the past_seq dim: checked by the build
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("arch", ARCHS)
+# Every arch once; fp16 (built through the re-export of the fp32 export) for the two fixed-state
+# archs, the baselines in fp32: each case is a full export + two engine builds.
+@pytest.mark.parametrize("arch,precision", [("linear", "fp32"), ("linear", "fp16"), ("flash", "fp16"),
+                                            ("softmax", "fp32"), ("reformer", "fp32")])
 def test_rtx_builds_and_records_engines(arch, precision, fp32_exports, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(fp32_exports[arch], out)
