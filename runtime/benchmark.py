@@ -143,7 +143,7 @@ def _decode_all(out, manifest, s: BenchSettings, done: Callable) -> list[dict]:
         else:
             try:
                 rows.append(measure_decode(model.backend, model.vocab_size, context, s.batch, s.steps,
-                                           s.warmup))
+                                           s.warmup, model.prefill_chunk))
             except Exception as e:  # noqa: BLE001 - ORT/TensorRT raise their own types (e.g. out of memory)
                 first = (str(e).strip().splitlines() or [""])[0]
                 rows.append({"context": context, "status": "skipped",

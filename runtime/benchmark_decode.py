@@ -4,7 +4,8 @@ The context is real: one sequence of ``context`` tokens is prefilled, so whateve
 keeps (a fixed-size recurrent state now, a growing KV cache in models to come) holds exactly
 that many tokens. Its state is copied into the other ``batch - 1`` slots rather than prefilled
 ``batch`` times: the rows are then at the same context, and a batch x 16384 prefill would need
-far more memory than the decode being measured.
+far more memory than the decode being measured. The context goes in chunks of at most
+``chunk`` tokens (continued prefills: a TensorRT engine takes at most its profile's length).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import time
 
 import numpy as np
 
+from linexport.runtime.ingest import DEFAULT_PREFILL_CHUNK, ingest
+
 LATENCY_DOC = ("ms_per_token: wall time of one backend.decode call advancing all `batch` rows by one "
                "token (graph run plus copying the logits to the host; sampling excluded), median over "
                "`steps` calls after `warmup` untimed ones; every row holds `context` prefilled tokens")
 
 
-def measure_decode(backend, vocab_size: int, context: int, batch: int, steps: int, warmup: int) -> dict:
+def measure_decode(backend, vocab_size: int, context: int, batch: int, steps: int, warmup: int,
+                   chunk: int = DEFAULT_PREFILL_CHUNK) -> dict:
     """``backend``: a runtime Backend with at least ``batch`` slots. Returns the raw timings."""
-    prompt = np.random.default_rng(context).integers(0, vocab_size, (1, context), dtype=np.int64)
+    prompt = np.random.default_rng(context).integers(0, vocab_size, context, dtype=np.int64)
     start = time.perf_counter()
-    logits = backend.prefill(prompt, np.array([context], np.int64), [0])
+    logits = ingest(backend, [prompt], [0], [0], chunk)
     prefill_s = time.perf_counter() - start
     for slot in range(1, batch):
         backend.copy_slot(0, slot)
