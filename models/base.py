@@ -82,6 +82,26 @@ class CausalLM(nn.Module):
         this token in its sequence). Returns (logits [B, V], new state)."""
         raise NotImplementedError
 
+    def check_state(self, state, batch: int, dtype: torch.dtype = torch.float32):
+        """Eager-only checks of a state handed to forward: exactly the entries of
+        ``state_specs()``, each a ``dtype`` tensor of the spec's shape with ``batch`` rows."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        specs = self.state_specs()
+        names = {s.name for s in specs}
+        got = set(state) if isinstance(state, dict) else set()
+        if not isinstance(state, dict) or got != names:
+            what = f"{len(state)} entries" if isinstance(state, dict) else type(state).__name__
+            raise LinexportError(f"expected the state entries of state_specs(), got {what}: missing "
+                                 f"{sorted(names - got)}, unknown {sorted(got - names)}")
+        for spec in specs:
+            shape, value = (batch, *spec.shape[1:]), state[spec.name]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
+                found = (f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
+                         else type(value).__name__)
+                raise LinexportError(f"expected state {spec.name!r} {dtype} {list(shape)}, got {found}; pass "
+                                     "the state a prefill or step returned")
+
     # -- helpers shared by the archs --------------------------------------------------------
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None,
                 full_logits: bool = False, position: torch.Tensor | None = None,
@@ -138,7 +158,7 @@ def check_position(position: torch.Tensor, batch: int):
         got = f"{position.dtype} {list(position.shape)}" if isinstance(position, torch.Tensor) else repr(position)
         raise LinexportError(f"expected position int64 [{batch}] (tokens already in each row's state), got {got}")
     if batch and int(position.min()) < 0:
-        raise LinexportError(f"expected positions >= 0 (tokens already in each row's state), got {position.tolist()}")
+        raise LinexportError(f"position must be >= 0 (tokens already in each row's state), got {position.tolist()}")
 
 
 def length_mask(lengths: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linexport.errors import LinexportError
-from linexport.models.base import CausalLM, StateSpec, check_input_ids
+from linexport.models.base import CausalLM, StateSpec, check_input_ids, check_position
 from linexport.models.config import require
 from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
 
@@ -292,21 +292,6 @@ class FlashLM(CausalLM):
             if int(lengths.min()) < 0 or int(lengths.max()) > T:
                 raise LinexportError(f"lengths (new tokens per sequence) must be in [0, {T}], got {lengths.tolist()}")
         if position is not None:
-            if position.dtype != torch.int64 or position.shape != (B,):
-                raise LinexportError(f"expected position int64 [{B}] (tokens already in the state), got "
-                                     f"{position.dtype} {list(position.shape)}")
-            if int(position.min()) < 0:
-                raise LinexportError(f"position must be >= 0, got {position.tolist()}")
+            check_position(position, B)
         if state is not None:
-            specs = self.state_specs()
-            names = [s.name for s in specs]
-            if set(state) != set(names):
-                missing, unknown = sorted(set(names) - set(state)), sorted(set(state) - set(names))
-                raise LinexportError(f"expected the state entries of state_specs(), got {len(state)} entries: "
-                                     f"missing {missing}, unknown {unknown}")
-            dtype = _state_dtype(self.token_emb.weight.dtype)
-            for spec in specs:
-                shape, got = (B, *spec.shape[1:]), state[spec.name]
-                if tuple(got.shape) != shape or got.dtype != dtype:
-                    raise LinexportError(f"expected state {spec.name!r} {dtype} {list(shape)}, got "
-                                         f"{got.dtype} {list(got.shape)}")
+            self.check_state(state, B, _state_dtype(self.token_emb.weight.dtype))

@@ -140,19 +140,6 @@ class TokenLM(CausalLM):
             new_state.update({f"{i}.{name}": layer[name] for name in self.state_names})
         return self.logits(self.block.merge(h)), new_state
 
-    def check_state(self, state, batch: int):
-        """Eager-only checks of a state handed to forward: the spec's names, shapes and fp32."""
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return
-        for spec in self.state_specs():
-            value = state.get(spec.name) if isinstance(state, dict) else None
-            shape = tuple(batch if d == "batch" else d for d in spec.shape)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != spec.dtype:
-                got = (f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
-                       else type(value).__name__)
-                raise LinexportError(f"expected state {spec.name} as {spec.dtype} {list(shape)}, got {got}; "
-                                     "pass the state a prefill or step returned")
-
     def check_step(self, position, state):
         """Eager-only checks of a step's inputs; positions past the learned ones have no embedding."""
         c = self.config
