@@ -153,25 +153,13 @@ class DeviceArray:
         """dst row ``dst_rows[i]`` = self row ``src_rows[i]``, device to device; runs of rows
         consecutive on both sides go as one copy. No row may be both read and written."""
         pairs = [(int(a), int(b)) for a, b in zip(src_rows, dst_rows)]
-        i = 0
-        while i < len(pairs):
-            j = i + 1
-            while j < len(pairs) and pairs[j] == (pairs[j - 1][0] + 1, pairs[j - 1][1] + 1):
-                j += 1
-            (a, b), count = pairs[i], j - i
+        for (a, b), count in _runs(pairs):
             self.cuda.memcpy(dst.row_ptr(b), self.row_ptr(a), count * self.row_bytes, D2D, stream)
-            i = j
 
     def zero_rows(self, rows, stream: int | None = None):
         """Rows ``rows`` = zeros; runs of consecutive rows go as one memset."""
-        rows = sorted(int(r) for r in rows)
-        i = 0
-        while i < len(rows):
-            j = i + 1
-            while j < len(rows) and rows[j] == rows[j - 1] + 1:
-                j += 1
-            self.cuda.memset(self.row_ptr(rows[i]), (j - i) * self.row_bytes, stream)
-            i = j
+        for (r,), count in _runs([(int(r),) for r in sorted(rows)]):
+            self.cuda.memset(self.row_ptr(r), count * self.row_bytes, stream)
 
     def free(self):
         """Frees the device buffer now; a second call (or the later __del__) does nothing."""
@@ -196,3 +184,15 @@ def _load():
             continue
     raise LinexportError("no GPU here: could not load the CUDA runtime (libcudart), which the GPU "
                          "backends need (a CUDA install, e.g. pip install nvidia-cuda-runtime); use --backend ort")
+
+
+def _runs(keys: list[tuple]) -> list[tuple[tuple, int]]:
+    """(first key, length) of each run of ``keys`` in which every component steps by one."""
+    runs, i = [], 0
+    while i < len(keys):
+        j = i + 1
+        while j < len(keys) and keys[j] == tuple(k + 1 for k in keys[j - 1]):
+            j += 1
+        runs.append((keys[i], j - i))
+        i = j
+    return runs
