@@ -145,9 +145,7 @@ def _decode_all(out, manifest, s: BenchSettings, done: Callable) -> list[dict]:
                 rows.append(measure_decode(model.backend, model.vocab_size, context, s.batch, s.steps,
                                            s.warmup, model.prefill_chunk))
             except Exception as e:  # noqa: BLE001 - ORT/TensorRT raise their own types (e.g. out of memory)
-                first = (str(e).strip().splitlines() or [""])[0]
-                rows.append({"context": context, "status": "skipped",
-                             "reason": f"{type(e).__name__}: {first}"})
+                rows.append({"context": context, "status": "skipped", "reason": _skip_reason(e)})
         done(context)
     return rows
 
@@ -198,13 +196,16 @@ def _append_all(out, manifest, s: BenchSettings, done: Callable) -> list[dict]:
         except LinexportError:
             raise  # the two paths disagree: a wrong result, not a point this machine cannot run
         except Exception as e:  # noqa: BLE001 - ORT/TensorRT raise their own types (e.g. out of memory)
-            first = (str(e).strip().splitlines() or [""])[0]
-            row = {"context": context, "tokens": tokens, "status": "skipped",
-                   "reason": f"{type(e).__name__}: {first}"}
+            row = {"context": context, "tokens": tokens, "status": "skipped", "reason": _skip_reason(e)}
         finally:
             model.close()
     done()
     return [row]
+
+
+def _skip_reason(e: Exception) -> str:
+    """A failed point's reason: the exception's type and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
 
 
 def _describe(out, manifest: Manifest, name: str) -> dict:

@@ -34,10 +34,7 @@ def ingest(backend, rows: Sequence[Sequence[int]], slots: Sequence[int], positio
     lengths = np.array([len(r) for r in rows], np.int64)
     slots = np.asarray(slots, np.int64)
     positions = np.asarray(positions, np.int64)
-    if not backend.continues_prefill:
-        if positions.any():
-            raise LinexportError("this export's prefill starts from an empty KV cache and cannot continue a "
-                                 "sequence; feed more tokens with decode steps (Generator.append_tokens)")
+    if not backend.continues_prefill:  # one call (its prefill refuses positions > 0 itself)
         chunk = int(lengths.max())
     logits = np.zeros((len(rows), backend.vocab_size), np.float32)
     for start in range(0, int(lengths.max()), chunk):
