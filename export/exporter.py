@@ -31,7 +31,7 @@ from linexport.models.base import CausalLM
 # Protobuf cannot serialise a message over 2 GiB; above this many bytes of weights a graph keeps
 # its tensors in `<graph>.onnx.data` beside it (the margin leaves room for the graph itself).
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
-DECODE_CHUNK = 1  # the decode graph's function body sees T = 1: a chunk of 1 does no padding
+DECODE_CHUNK = 1  # the decode graph's function body takes T = 1 (the one-token recurrence)
 
 _NP_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
              onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64"}
@@ -108,7 +108,7 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
         with torch.no_grad():
             proto = trace()
         custom_nodes[name] = len(attention_nodes(proto))  # before a lowering replaces them
-        graphs[name] = apply_lowering(proto, lowering, chunk[name])
+        graphs[name] = apply_lowering(proto, lowering, chunk[name], name)
         log(f"  {name} graph traced in {time.perf_counter() - start:.1f}s")
 
     entries = {}

@@ -4,8 +4,9 @@ The traced graph holds the bare node (the op spec, contract/op_spec.py). From it
 
 - ``plugin``: left as is; TensorRT resolves it to the plugin of the same name.
 - ``function``: the node stays and the model gains a local FunctionProto of the same
-  domain/name whose body is a chunked decomposition in standard ops — runtimes without the
-  plugin (ONNX Runtime, TensorRT's parser without a registered plugin) inline it.
+  domain/name whose body is a decomposition in standard ops — runtimes without the plugin
+  (ONNX Runtime, TensorRT's parser without a registered plugin) inline it. The prefill graph's
+  body is chunked; the decode graph's is the one-token recurrence (its T is always 1).
 - ``standard``: each node is replaced by ONNX opset-27 ``LinearAttention`` with a ones column
   appended to each head's value (so the normaliser z is the last state column and the state
   layout [B, H, Dk, Dv+1] is unchanged), then numerator / (denominator + eps).
@@ -21,14 +22,26 @@ import onnx
 from linexport.contract import op_spec
 from linexport.errors import LinexportError
 from linexport.export.ops.causal_linear_attention import (attention_nodes, function_proto, is_node,
-                                                          standard_nodes)
+                                                          standard_nodes, step_function_proto)
 
-__all__ = ["apply_lowering", "attention_nodes", "default_opset", "function_proto", "with_function_body"]
+__all__ = ["apply_lowering", "attention_nodes", "default_opset", "function_body", "function_proto",
+           "with_function_body"]
 
 
 # -- applying a lowering ------------------------------------------------------------------------
-def apply_lowering(model: onnx.ModelProto, lowering: str, chunk: int) -> onnx.ModelProto:
-    """Rewrites the bare attention nodes of ``model`` (in place) into ``lowering``."""
+GRAPHS = ("prefill", "decode")
+
+
+def function_body(graph: str, chunk: int, opset: int) -> onnx.FunctionProto:
+    """The ``function`` lowering's body for ``graph``: chunked (chunk ``chunk``) for prefill,
+    the one-token recurrence for decode."""
+    assert graph in GRAPHS, graph
+    return step_function_proto(opset) if graph == "decode" else function_proto(chunk, opset)
+
+
+def apply_lowering(model: onnx.ModelProto, lowering: str, chunk: int, graph: str) -> onnx.ModelProto:
+    """Rewrites the bare attention nodes of ``model``, the ``graph`` graph (in place), into
+    ``lowering``."""
     if lowering not in op_spec.LOWERINGS:
         raise LinexportError(f"expected a lowering in {list(op_spec.LOWERINGS)}, got {lowering!r}; "
                              f"pass one of them (linexport onnx --lowering)")
@@ -37,7 +50,7 @@ def apply_lowering(model: onnx.ModelProto, lowering: str, chunk: int) -> onnx.Mo
         return model
     if lowering == "function":
         if attention_nodes(model):
-            model.functions.append(function_proto(chunk, opset))
+            model.functions.append(function_body(graph, chunk, opset))
         return model
     # standard
     new_nodes = []
@@ -52,13 +65,13 @@ def apply_lowering(model: onnx.ModelProto, lowering: str, chunk: int) -> onnx.Mo
     return model
 
 
-def with_function_body(model: onnx.ModelProto, chunk: int) -> onnx.ModelProto:
+def with_function_body(model: onnx.ModelProto, chunk: int, graph: str) -> onnx.ModelProto:
     """A copy of a ``plugin``-lowered model with the function body attached, so ONNX Runtime
     can run it (verify, tests). The TensorRT plugin replaces that body on the device."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     if not any(f.domain == op_spec.DOMAIN and f.name == op_spec.OP_TYPE for f in copy.functions):
-        copy.functions.append(function_proto(chunk, default_opset(copy)))
+        copy.functions.append(function_body(graph, chunk, default_opset(copy)))
     return copy
 
 

@@ -54,6 +54,11 @@ class OrtGraphs:
             for name in ("prefill", "decode"):
                 self._sessions[name] = load_session(self._runnable_path(name, Path(tmp)), threads)
 
+    def session(self, name: str):
+        """The ONNX Runtime session of graph ``name`` ("prefill" or "decode"), for benchmarks
+        that feed it themselves."""
+        return self._sessions[name]
+
     def _runnable_path(self, name: str, tmp: Path) -> Path:
         path = self.root / self.manifest["graphs"][name]["file"]
         lowering = self.manifest["lowering"]
@@ -64,7 +69,7 @@ class OrtGraphs:
         from linexport.export.lowerings import with_function_body
 
         chunk = lowering["function_chunk"][name]
-        model = with_function_body(onnx.load(str(path)), chunk)
+        model = with_function_body(onnx.load(str(path)), chunk, name)
         copy = tmp / path.name
         external = bool(self.manifest["graphs"][name]["external_data"])
         onnx.save_model(model, str(copy), save_as_external_data=external, all_tensors_to_one_file=True,

@@ -29,6 +29,7 @@ from torch import nn
 from linexport.errors import LinexportError
 from linexport.models.base import CausalLM, StateSpec, check_input_ids, check_position
 from linexport.models.config import require
+from linexport.models.layers import token_shift, token_shift_step
 from linexport.models.ops.mixed_chunk_attention import chunk_mixed_attention, step_mixed_attention
 
 
@@ -157,21 +158,15 @@ class FlashLayer(nn.Module):
         c = self.config
         normed = self.norm(x)
         B, T, D = x.shape
-        half = (D + 1) // 2
-        state_dtype = _state_dtype(x.dtype)
-        prev_shift = state["shift"] if state is not None else x.new_zeros(B, half, dtype=state_dtype)
-        if c.shift_tokens:
-            shifted = torch.cat([prev_shift.to(x.dtype).unsqueeze(1), normed[..., :half]], dim=1)[:, :T]
-            inp = torch.cat([shifted, normed[..., half:]], dim=-1)
-        else:
+        prev_shift = (state["shift"] if state is not None
+                      else x.new_zeros(B, (D + 1) // 2, dtype=_state_dtype(x.dtype)))
+        inp, shift = token_shift(normed, prev_shift, lengths)
+        if not c.shift_tokens:
             inp = normed
         quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, positions)
         parts = None if state is None else tuple(state[n] for n in ("lin_kv", "pending", "k_buf", "v_buf"))
         out, (lin_kv, pending, k_buf, v_buf) = chunk_mixed_attention(
             quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths, parts, offset)
-        last = (lengths - 1).clamp(min=0).view(B, 1, 1).expand(B, 1, half)
-        shift = normed[..., :half].gather(1, last).squeeze(1).to(state_dtype)
-        shift = torch.where((lengths > 0).unsqueeze(1), shift, prev_shift)  # no new token: kept
         state = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf, "shift": shift}
         return x + self.to_out(gate * out), state
 
@@ -179,14 +174,15 @@ class FlashLayer(nn.Module):
         """x [B, D], position [B] -> (y [B, D], new state)."""
         c = self.config
         normed = self.norm(x)
-        half = (x.shape[-1] + 1) // 2
-        inp = torch.cat([state["shift"].to(x.dtype), normed[..., half:]], -1) if c.shift_tokens else normed
+        inp, shift = token_shift_step(normed, state["shift"].to(_state_dtype(x.dtype)))
+        if not c.shift_tokens:
+            inp = normed
         quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, position)
         parts = (state["lin_kv"], state["pending"], state["k_buf"], state["v_buf"])
         out, (lin_kv, pending, k_buf, v_buf) = step_mixed_attention(
             quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), position, parts, c.attn_fn)
         new = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf,
-               "shift": normed[..., :half].to(_state_dtype(x.dtype))}
+               "shift": shift}
         return x + self.to_out(gate * out), new
 
 

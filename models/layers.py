@@ -13,8 +13,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        # x / sqrt(mean(x²) + eps) * w, written as the pattern ONNX Runtime fuses into one
+        # SimplifiedLayerNormalization (the rsqrt-and-multiply form stays five nodes).
         xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        xf = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).to(x.dtype)
 
 
@@ -46,6 +48,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
 
 
+def token_shift(normed: torch.Tensor, prev: torch.Tensor, lengths: torch.Tensor):
+    """Token shift over a block of tokens: the first ``ceil(D/2)`` features of each token are
+    replaced by the previous token's (``prev`` for the first one), so attention sees the exact
+    previous token; the rest pass through.
+
+    normed [B, T, D], prev [B, ceil(D/2)] (the state: the token before this block's first one),
+    lengths [B] (real tokens per row, may be 0) -> (shifted [B, T, D], new state [B, ceil(D/2)]
+    in prev's dtype: the first half of each row's last real token, or prev where lengths is 0).
+    """
+    B, T, D = normed.shape
+    half = (D + 1) // 2
+    shifted = torch.cat([prev.to(normed.dtype).unsqueeze(1), normed[..., :half]], dim=1)[:, :T]
+    last = (lengths - 1).clamp(min=0).view(B, 1, 1).expand(B, 1, half)
+    new = normed[..., :half].gather(1, last).squeeze(1).to(prev.dtype)
+    new = torch.where((lengths > 0).unsqueeze(1), new, prev)  # no new token: kept
+    return torch.cat([shifted, normed[..., half:]], dim=-1), new
+
+
+def token_shift_step(normed: torch.Tensor, prev: torch.Tensor):
+    """``token_shift`` for one token: normed [B, D], prev [B, ceil(D/2)] -> (shifted [B, D],
+    new state: normed's first half, in prev's dtype)."""
+    half = (normed.shape[-1] + 1) // 2
+    return (torch.cat([prev.to(normed.dtype), normed[..., half:]], -1),
+            normed[..., :half].to(prev.dtype))
+
+
 class RotaryQKV(nn.Module):
     """The fused bias-free q/k/v projection (rotary on q and k) and output projection that the
     linear and softmax archs share, so their attention differs only in what it does with them."""
@@ -65,3 +93,15 @@ class RotaryQKV(nn.Module):
         if cos is not None:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
+
+    def _qkv_step(self, x, cos, sin):
+        """One token: x [B, C] -> q, k, v each [B, H, D]; ``qk`` [B, 2H, D], q and k rotated
+        together (one rotation instead of two, no time dim: what the decode graph runs).
+        cos/sin as ``TokenLM.step_inputs`` gives them, [B, 1, 1, D/2], or None."""
+        B = x.shape[0]
+        H, D = self.config.n_heads, self.config.head_dim
+        qkv = self.qkv(x).view(B, 3 * H, D)
+        qk, v = qkv[:, :2 * H], qkv[:, 2 * H:]
+        if cos is not None:
+            qk = apply_rotary(qk, cos[:, :, 0], sin[:, :, 0])  # [B, 1, D/2] over the 2H heads
+        return qk, v

@@ -5,8 +5,13 @@ Pre-norm blocks: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)). Attention is
 and k *before* φ (so φ keeps features non-negative and the normaliser positive, and the whole
 state stays one tensor), or learned absolute embeddings. Either works step by step.
 
+With ``shift_tokens`` (as in GAU) the attention's input takes the first half of its features
+from the previous token, so every layer sees that token exactly, which a linear attention's
+averaged state cannot give it; at byte level this is what closes most of the gap to GAU.
+
 State per layer: ``{layer}.kv`` fp32 [B, H, Dk, Dv + 1] — numerator S with normaliser z as
-its last column. Fixed size, whatever the context length.
+its last column; with token shift also ``{layer}.shift`` fp32 [B, ceil(C/2)]. Fixed size,
+whatever the context length.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 
 from linexport.models.base import StateSpec
 from linexport.models.config import require
-from linexport.models.layers import RotaryQKV
+from linexport.models.layers import RotaryQKV, token_shift, token_shift_step
 from linexport.models.ops.causal_linear_attention import causal_linear_attention, feature_map
 from linexport.models.token_lm import TokenLM, TokenLMConfig
 
@@ -28,6 +33,7 @@ class LinearConfig(TokenLMConfig):
     feature_map: Literal["elu", "relu"] = "elu"
     eps: float = 1e-6
     chunk_size: int = 64  # parallel form only; results do not depend on it
+    shift_tokens: bool = False  # token shift before attention (see the module doc)
 
     positive_fields = TokenLMConfig.positive_fields + ("chunk_size",)
 
@@ -45,7 +51,12 @@ class LinearAttention(RotaryQKV):
 
     def forward(self, x, mask, cos, sin, state=None):
         """x [B, T, C], mask [B, T] bool, state {"kv": [B, H, Dk, Dv+1]} or None (zeros) ->
-        (y [B, T, C], {"kv": state after each row's last real token})."""
+        (y [B, T, C], {"kv": ..., "shift": ...}: the state after each row's last real token)."""
+        new = {}
+        if self.config.shift_tokens:
+            prev = state["shift"] if state is not None else x.new_zeros(  # fp32 (fp64 for fp64 oracles)
+                x.shape[0], (x.shape[-1] + 1) // 2, dtype=torch.promote_types(x.dtype, torch.float32))
+            x, new["shift"] = token_shift(x, prev, mask.sum(1))
         q, k, v = self._qkv(x, cos, sin)
         k = k * mask[:, None, :, None].to(k.dtype)  # padded tokens add nothing to the state
         B, H, T, Dk = q.shape
@@ -54,17 +65,22 @@ class LinearAttention(RotaryQKV):
         flat = [t.transpose(1, 2).reshape(B, T, -1) for t in (q, k, v)]  # the op's [B, T, H*D]
         o, kv = causal_linear_attention(*flat, past, H, float(self.config.eps), self.config.chunk_size)
         o = o.reshape(B, T, H, Dv).transpose(1, 2).to(v.dtype)  # [B, H, T, Dv]
-        return self.out(o.transpose(1, 2).reshape(B, T, H * Dv)), {"kv": kv}
+        return self.out(o.transpose(1, 2).reshape(B, T, H * Dv)), {"kv": kv, **new}
 
     def step(self, x, state, position, cos, sin):
         """x [B, C], state {"kv": [B, H, Dk, Dv+1]} -> (y [B, C], new state). Rotary carries
         the position (in cos/sin); the state itself does not depend on it."""
-        q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))  # [B, H, D]
+        new = {}
+        if self.config.shift_tokens:
+            x, new["shift"] = token_shift_step(x, state["shift"])
+        qk, v = self._qkv_step(x, cos, sin)  # [B, 2H, D], [B, H, D]
+        qk = feature_map(qk, self.config.feature_map)  # φ on q and k at once
         B, H, Dv = v.shape
+        q, k = qk[:, :H], qk[:, H:]
         flat = [t.reshape(B, 1, -1) for t in (q, k, v)]  # the op's [B, T=1, H*D]
         o, kv = causal_linear_attention(*flat, state["kv"], H, float(self.config.eps))
         o = o.reshape(B, H, Dv).to(v.dtype)
-        return self.out(o.flatten(1)), {"kv": kv}
+        return self.out(o.flatten(1)), {"kv": kv, **new}
 
 
 class LinearLM(TokenLM):
@@ -73,8 +89,18 @@ class LinearLM(TokenLM):
     attention = LinearAttention
     state_names = ("kv",)
 
+    def __init__(self, config: LinearConfig):
+        super().__init__(config)
+        if config.shift_tokens:
+            self.state_names = ("kv", "shift")
+
     def state_specs(self):
         c = self.config
-        return [StateSpec(f"{i}.kv", ("batch", c.n_heads, c.head_dim, c.head_dim + 1), torch.float32,
-                          "numerator S = Σ φ(k) vᵀ with normaliser z = Σ φ(k) as last column")
-                for i in range(c.n_layers)]
+        specs = []
+        for i in range(c.n_layers):
+            specs.append(StateSpec(f"{i}.kv", ("batch", c.n_heads, c.head_dim, c.head_dim + 1), torch.float32,
+                                   "numerator S = Σ φ(k) vᵀ with normaliser z = Σ φ(k) as last column"))
+            if c.shift_tokens:
+                specs.append(StateSpec(f"{i}.shift", ("batch", (c.d_model + 1) // 2), torch.float32,
+                                       "the previous token's normalised first-half features (token shift)"))
+        return specs

@@ -41,7 +41,8 @@ class SoftmaxAttention(RotaryQKV):
 
     def step(self, x, state, position, cos, sin):
         """x [B, C], key/value [B, H, L, D] -> (y [B, C], key, value [B, H, L + 1, D])."""
-        q, k, v = (t[:, :, 0] for t in self._qkv(x[:, None], cos, sin))
+        qk, v = self._qkv_step(x, cos, sin)
+        q, k = qk[:, :self.config.n_heads], qk[:, self.config.n_heads:]
         o, key, value = step_softmax_attention(q, k, v, state["key"], state["value"], position)
         return self.out(o.flatten(1)), {"key": key, "value": value}
 

@@ -7,6 +7,7 @@ Every machine with Python has that corpus, so the demo models can be retrained a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sysconfig
 import time
@@ -45,6 +46,39 @@ def python_corpus(max_bytes: int = 8 << 20, seed: int = 0) -> np.ndarray:
     return np.frombuffer(b"\n".join(chunks), dtype=np.uint8)
 
 
+def corpus_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) int64 bytes of ``python_corpus``: the last 5 % is held out."""
+    data = torch.from_numpy(python_corpus(seed=seed).astype(np.int64))
+    split = int(len(data) * 0.95)
+    return data[:split], data[split:]
+
+
+def split_digest(data: torch.Tensor) -> str:
+    """sha256 of a split's bytes: says whether this machine's stdlib gives the same split."""
+    return hashlib.sha256(data.to(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+@torch.no_grad()
+def evaluate(model, data: torch.Tensor, seq_len: int = 256, batch_size: int = 32) -> float:
+    """Mean next-byte cross-entropy (nats/byte) over all of ``data``, cut into consecutive
+    windows of ``seq_len`` predicted bytes (the last partial window dropped): deterministic,
+    so anyone can recompute a recorded figure."""
+    n = (len(data) - 1) // seq_len
+    if n < 1:
+        raise LinexportError(f"expected at least {seq_len + 1} bytes to evaluate on, got {len(data)}")
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n)) * seq_len
+        x = torch.stack([data[i:i + seq_len + 1] for i in idx.tolist()])
+        logits = model(x[:, :-1])
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(),
+                                                   reduction="sum").item()
+    model.train(was_training)
+    return total / (n * seq_len)
+
+
 def train(arch: str, out: Path, steps: int = 4000, batch_size: int = 16, seq_len: int = 256,
           lr: float = 3e-3, seed: int = 0, config: dict | None = None, log=print) -> dict:
     """Trains a demo model and saves it to ``out``. Returns the final metrics."""
@@ -54,9 +88,7 @@ def train(arch: str, out: Path, steps: int = 4000, batch_size: int = 16, seq_len
             raise LinexportError(f"no demo config for arch {arch!r}; expected one of {sorted(DEMO_CONFIGS)}")
         config = DEMO_CONFIGS[arch]
     model = build_model(arch, config)
-    data = torch.from_numpy(python_corpus(seed=seed).astype(np.int64))
-    split = int(len(data) * 0.95)
-    train_data, val_data = data[:split], data[split:]
+    train_data, val_data = corpus_split(seed)
     gen = torch.Generator().manual_seed(seed)
 
     def batch(source):
@@ -81,15 +113,11 @@ def train(arch: str, out: Path, steps: int = 4000, batch_size: int = 16, seq_len
         sched.step()
         if step % 100 == 0 or step == steps:
             log(f"step {step}/{steps}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f} s)")
-    model.eval()
-    with torch.no_grad():
-        val = []
-        for _ in range(20):
-            x, y = batch(val_data)
-            val.append(torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
-    metrics = {"train_loss": round(loss.item(), 4), "val_loss": round(float(np.mean(val)), 4),
-               "steps": steps, "batch_size": batch_size, "seq_len": seq_len,
-               "seconds": round(time.perf_counter() - start, 1),
+    seconds = round(time.perf_counter() - start, 1)  # training only, not the evaluation
+    metrics = {"train_loss": round(loss.item(), 4), "val_loss": round(evaluate(model, val_data, seq_len), 4),
+               "val_bytes": len(val_data), "val_sha256": split_digest(val_data),
+               "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,
+               "threads": torch.get_num_threads(), "seconds": seconds,
                "parameters": sum(p.numel() for p in model.parameters())}
     save_checkpoint(model, out, extra={"training": {"corpus": "python-stdlib", **metrics}})
     log(f"saved {out}: val loss {metrics['val_loss']:.3f} nats/byte, {metrics['parameters']} parameters")

@@ -4,7 +4,8 @@
   ``torch.ops.linexport.causal_linear_attention`` (models/ops/causal_linear_attention/op.py,
   which the models call) into the bare ONNX node of the op spec (contract/op_spec.py);
 - ``function_proto()``: the ``function`` lowering's model-local FunctionProto, a chunked body
-  in standard ops that runtimes without the plugin inline;
+  in standard ops that runtimes without the plugin inline; ``step_function_proto()``: the
+  decode graph's, a body for one token (the recurrence, without the chunk machinery);
 - ``standard_nodes()``: the ``standard`` lowering, ONNX opset-27 ``LinearAttention``.
 
 export/lowerings.py applies them to a traced graph.
@@ -163,6 +164,46 @@ def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
         attribute_protos=[attr_eps],
         doc_string=f"Chunked standard-op body (chunk {C}) of linexport::CausalLinearAttention.")
     return fn
+
+
+def step_function_proto(opset: int) -> onnx.FunctionProto:
+    """The decode graph's ``linexport::CausalLinearAttention``: a body for one token (T = 1, as
+    the decode graph's ``input_ids [batch, 1]`` fixes it), the recurrence itself and nothing of
+    the chunk machinery:
+
+        present = past + k [v | 1]ᵀ   (rank-1 update)     u = q present   [B, H, 1, Dv+1]
+        output  = u[..., :Dv] / (u[..., Dv] + eps)
+    """
+    n = Nodes("", named=False)
+    heads = _ref_const(n, "heads", op_spec.ATTR_NUM_HEADS, "value_int", onnx.AttributeProto.INT)
+    eps = _ref_const(n, "eps", op_spec.ATTR_EPS, "value_float", onnx.AttributeProto.FLOAT)
+    heads_1 = n("Unsqueeze", [heads, n.const("axis0", [0])], name="heads_1")
+
+    def per_head(x, label, tail):
+        """[B, 1, H*D] -> [B, H, D, 1] (a column) or [B, H, 1, D] (a row), in fp32."""
+        shape = n("Concat", [n.const(f"{label}_b", [0]), heads_1, n.const(f"{label}_tail", tail)],
+                  name=f"{label}_shape", axis=0)
+        return n("Reshape", [n("Cast", [x], name=f"{label}32", to=TensorProto.FLOAT), shape], name=label)
+
+    q = per_head("query", "q_row", [1, -1])
+    k = per_head("key", "k_col", [-1, 1])
+    v1 = n("Pad", [per_head("value", "v_row", [1, -1]), n.const("ones_pads", [0, 0, 0, 0, 0, 0, 0, 1]),
+                   n.const("one", np.float32(1))], name="v1")  # [B, H, 1, Dv+1]: z's ones column
+    n("Add", ["past_state", n("Mul", [k, v1], name="outer")], ["present_state"], name="present")
+    u = n("MatMul", [q, "present_state"], name="u")  # [B, H, 1, Dv+1]
+    num = n("Slice", [u, n.const("s0", [0]), n.const("e_last", [-1]), n.const("ax3", [3])], name="num")
+    den = n("Slice", [u, n.const("s_last", [-1]), n.const("e_end", [_I64_MAX]), n.const("ax3b", [3])],
+            name="den")
+    o = n("Div", [num, n("Add", [den, eps], name="den_eps")], name="o")  # [B, H, 1, Dv]
+    o = n("Reshape", [o, n.const("o_shape", [0, 1, -1])], name="o_flat")  # [B, 1, H*Dv]
+    n("CastLike", [o, "query"], ["output"], name="output")
+
+    attr_eps = helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS)
+    return helper.make_function(
+        op_spec.DOMAIN, op_spec.OP_TYPE, list(op_spec.INPUTS), list(op_spec.OUTPUTS), n.nodes,
+        opset_imports=[helper.make_opsetid("", opset)], attributes=[op_spec.ATTR_NUM_HEADS],
+        attribute_protos=[attr_eps],
+        doc_string="One-token standard-op body (the decode graph's) of linexport::CausalLinearAttention.")
 
 
 def _ref_const(n: Nodes, label: str, attr_name: str, field: str, attr_type) -> str:

@@ -1,5 +1,7 @@
 """The CLI's foundation commands end to end (export/runtime commands are tested beside their code)."""
 
+import sys
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -8,6 +10,7 @@ from linexport.cli import main
 from linexport.cli.common import demo_checkpoint
 from linexport.models.checkpoint import load_checkpoint
 from linexport.models.sampling import generate_ids
+from linexport.models.train import corpus_split, evaluate, split_digest
 
 
 def test_help_lists_the_commands():
@@ -24,8 +27,31 @@ def test_bundled_demo_models_load_and_fit_the_size_budget():
         assert path.stat().st_size <= 5 * 1024 * 1024
         model, meta = load_checkpoint(path)
         assert meta["arch"] == arch and meta["tokenizer"] == {"type": "bytes"}
-        # Trained, not random: a byte-level model of Python source beats 2.5 nats/byte by far.
-        assert meta["extra"]["training"]["val_loss"] < 2.0
+
+
+# What the bundled models reach on the held-out 5 % of the stdlib corpus (nats/byte), rounded
+# up: a retrained demo must not be worse (README gives the figures; linear's aim is 1.1).
+DEMO_VAL_LOSS = {"linear": 1.22, "flash": 1.14}
+
+
+@pytest.fixture(scope="module")
+def validation_split():
+    _, val = corpus_split()
+    return val
+
+
+@pytest.mark.parametrize("arch", ["linear", "flash"])
+def test_bundled_demo_models_reach_their_validation_loss(arch, validation_split):
+    """Recomputes each bundled model's loss on the held-out split it was trained beside: the
+    recorded figure is the measured one, and it meets the demo's quality bar."""
+    model, meta = load_checkpoint(demo_checkpoint(arch))
+    training = meta["extra"]["training"]
+    if training["val_sha256"] != split_digest(validation_split):
+        pytest.skip(f"this Python's stdlib ({sys.version.split()[0]}) gives another validation split than "
+                    f"the one the {arch} demo was trained beside; its figure cannot be recomputed here")
+    measured = evaluate(model, validation_split, training["seq_len"])
+    assert abs(measured - training["val_loss"]) <= 1e-3
+    assert measured <= DEMO_VAL_LOSS[arch]
 
 
 def test_sample_streams_the_same_text_as_the_reference_sampler():

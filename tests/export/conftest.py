@@ -99,7 +99,7 @@ class Exports:
         for name, chunk in (("prefill", PREFILL_CHUNK), ("decode", DECODE_CHUNK)):
             proto = onnx.load(str(self.dir(arch, dtype) / f"{name}.onnx"))
             proto = convert_opset(proto, DEFAULT_OPSET[lowering])
-            out.append(apply_lowering(proto, lowering, chunk))
+            out.append(apply_lowering(proto, lowering, chunk, name))
         return tuple(out)
 
 
@@ -114,10 +114,11 @@ def low_precision_model(model):
     return copy.deepcopy(model).half()
 
 
-def ort_session(proto: onnx.ModelProto, lowering: str, chunk: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session; a plugin-lowered graph gets the function body (as verify)."""
+def ort_session(proto: onnx.ModelProto, lowering: str, graph: str) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of the ``graph`` graph; a plugin-lowered graph gets its
+    function body (as verify)."""
     if lowering == "plugin":
-        proto = with_function_body(proto, chunk)
+        proto = with_function_body(proto, PREFILL_CHUNK if graph == "prefill" else DECODE_CHUNK, graph)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3

@@ -43,7 +43,7 @@ def test_function_body_chunk_must_be_positive(chunk):
 
 def test_unknown_lowering():
     with pytest.raises(LinexportError, match=r"expected a lowering in \['function', 'plugin', 'standard'\], got 'fused'"):
-        apply_lowering(_model([_attention_node()]), "fused", 16)
+        apply_lowering(_model([_attention_node()]), "fused", 16, "prefill")
 
 
 def test_opset_upgrade_refuses_subgraphs():

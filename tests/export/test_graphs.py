@@ -122,7 +122,7 @@ def test_no_tensor_grows_with_t_squared(arch, lowering, exports):
         from linexport.export.lowerings import with_function_body
         from tests.export.conftest import PREFILL_CHUNK
 
-        prefill = with_function_body(prefill, PREFILL_CHUNK)
+        prefill = with_function_body(prefill, PREFILL_CHUNK, "prefill")
 
     def feeds(T):  # a fresh prefill of T tokens (zeros past where the graph takes one)
         return lambda session: prefill_feed(session, np.ones((1, T), np.int64), np.array([T], np.int64))
@@ -151,10 +151,13 @@ def test_polygraphy_runs_prefill_in_onnxruntime(exports, tmp_path):
     onnx.save(prefill, str(path))
     script = Path(sys.executable).parent / "polygraphy"  # the console script of this environment
     assert script.exists(), "polygraphy is a test dependency: pip install polygraphy"
+    # Every input's shape, batch 2 and 23 tokens: polygraphy gives a dim it is not told 1.
+    dims = {"batch": 2, "seq": 23}
+    shapes = [f"{i.name}:[{','.join(str(dims.get(d.dim_param, d.dim_value)) for d in i.type.tensor_type.shape.dim)}]"
+              for i in prefill.graph.input]
     result = subprocess.run(
-        [str(script), "run", str(path), "--onnxrt",
-         "--input-shapes", "input_ids:[2,23]", "lengths:[2]",
-         "--val-range", "input_ids:[0,200]", "lengths:[1,23]"],
+        [str(script), "run", str(path), "--onnxrt", "--input-shapes", *shapes,
+         "--val-range", "input_ids:[0,200]", "lengths:[1,23]", "position:[0,50]"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "PASSED" in result.stdout + result.stderr

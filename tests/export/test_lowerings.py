@@ -52,7 +52,7 @@ def _torch_steps(model, ids, lengths, steps):
 def test_prefill_and_decode_match_pytorch(arch, lowering, dtype, models, exports):
     model = models[arch]
     prefill, decode = exports.lowered(arch, dtype, lowering)
-    sp, sd = ort_session(prefill, lowering, PREFILL_CHUNK), ort_session(decode, lowering, DECODE_CHUNK)
+    sp, sd = ort_session(prefill, lowering, "prefill"), ort_session(decode, lowering, "decode")
     names = [s.name for s in model.state_specs()]
     ids, lengths = _inputs(model.config.vocab_size)
 
@@ -83,7 +83,7 @@ def test_prefill_and_decode_match_pytorch(arch, lowering, dtype, models, exports
 def test_ragged_batch_equals_unpadded_prefill(arch, lowering, models, exports):
     model = models[arch]
     prefill, _ = exports.lowered(arch, "fp32", lowering)
-    session = ort_session(prefill, lowering, PREFILL_CHUNK)
+    session = ort_session(prefill, lowering, "prefill")
     ids, lengths = _inputs(model.config.vocab_size, (37, 16, 17, 1))
     batch = session.run(None, prefill_feed(session, ids.numpy(), lengths.numpy()))
     cache_axes = [s.shape.index("past_seq") if "past_seq" in s.shape else None for s in model.state_specs()]
@@ -126,7 +126,7 @@ def test_continued_prefill_equals_one_prefill(arch, lowering, dtype, models, exp
     decode steps from either state agree too. fp16: verify's allowance (2x PyTorch's fp16)."""
     model = models[arch]
     prefill, decode = exports.lowered(arch, dtype, lowering)
-    sp, sd = ort_session(prefill, lowering, PREFILL_CHUNK), ort_session(decode, lowering, DECODE_CHUNK)
+    sp, sd = ort_session(prefill, lowering, "prefill"), ort_session(decode, lowering, "decode")
     names = [s.name for s in model.state_specs()]
     whole, first, rest, a, b = _split_inputs(model.config.vocab_size)
     ref = _torch_steps(model, whole, a + b, CONTINUE_STEPS)
@@ -160,7 +160,7 @@ def test_three_continued_pieces_equal_one_prefill(arch, models, exports):
     function lowering equals its one prefill: the chunked ingestion the runtime does."""
     model = models[arch]
     prefill, _ = exports.lowered(arch, "fp32", "function")
-    sp = ort_session(prefill, "function", PREFILL_CHUNK)
+    sp = ort_session(prefill, "function", "prefill")
     names = [s.name for s in model.state_specs()]
     whole, lengths = _inputs(model.config.vocab_size, (33, 21, 4))
     ref_logits, ref_state = _torch_steps(model, whole, lengths, 0)[0]

@@ -58,7 +58,7 @@ def test_new_arch_exports_one_node_per_layer(model, graph):
         assert attrs[op_spec.ATTR_NUM_HEADS].i == 2
         assert len(node.input) == 4 and len(node.output) == 2
     if graph == "prefill":  # and the graph computes the model: function lowering in ONNX Runtime
-        proto = apply_lowering(proto, "function", model.config.chunk_size)
+        proto = apply_lowering(proto, "function", model.config.chunk_size, "prefill")
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         ids = torch.randint(0, 64, (2, 11))
         lengths = torch.tensor([11, 6])

@@ -1,6 +1,7 @@
 """The tiny models of the block archs (models/token_lm.py) that tests/models/ builds: per arch,
-three variants: rotary with an odd head_dim, learned positions with untied embeddings, and one
-head of dim 33. Sizes are odd so that shape mix-ups show."""
+three variants: rotary with an odd head_dim (linear: with token shift, as its demo model),
+learned positions with untied embeddings, and one head of dim 33. Sizes are odd so that shape
+mix-ups show."""
 
 import torch
 
@@ -11,7 +12,8 @@ SIZES = dict(vocab_size=61, d_model=40, n_layers=2, d_ff=56, max_seq_len=2048)
 ARCH_SIZES = {"linear": dict(chunk_size=CHUNK)}
 VARIANTS = {
     "linear": {
-        "rotary-elu-d15": dict(n_heads=3, head_dim=15, pos_emb="rotary", feature_map="elu"),
+        "rotary-elu-d15-shift": dict(n_heads=3, head_dim=15, pos_emb="rotary", feature_map="elu",
+                                     shift_tokens=True),
         "learned-relu-d8": dict(n_heads=2, head_dim=8, pos_emb="learned", feature_map="relu",
                                 tie_embeddings=False),
         "rotary-relu-d33": dict(n_heads=1, head_dim=33, pos_emb="rotary", feature_map="relu"),

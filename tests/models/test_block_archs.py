@@ -126,24 +126,27 @@ def test_decode_from_the_initial_state(arch):
     assert rel_err(logits, model(ids)) <= 1e-5
 
 
-# The state of the d15 variants (3 heads): names, spec shapes, shapes after a prefill of 300 tokens.
+# The state of the d15 variants (3 heads, d_model 40): per layer, each entry's name, spec shape
+# and shape after a prefill of 300 tokens (batch 2). The linear one has token shift.
 STATES = {
-    "linear": (["0.kv", "1.kv"], ("batch", 3, 15, 16), (2, 3, 15, 16)),
-    "softmax": (["0.key", "0.value", "1.key", "1.value"], ("batch", 3, PAST_SEQ, 15), (2, 3, 300, 15)),
-    "reformer": (["0.key", "0.value", "1.key", "1.value"], ("batch", 3, "past_seq", 15), (2, 3, 300, 15)),
+    "linear": {"kv": (("batch", 3, 15, 16), (2, 3, 15, 16)), "shift": (("batch", 20), (2, 20))},
+    "softmax": {"key": (("batch", 3, PAST_SEQ, 15), (2, 3, 300, 15)),
+                "value": (("batch", 3, PAST_SEQ, 15), (2, 3, 300, 15))},
+    "reformer": {"key": (("batch", 3, "past_seq", 15), (2, 3, 300, 15)),
+                 "value": (("batch", 3, "past_seq", 15), (2, 3, 300, 15))},
 }
 
 
 @pytest.mark.parametrize("arch", BLOCK_ARCHS)
 def test_state_specs_fp32(arch):
-    names, spec_shape, prefill_shape = STATES[arch]
+    expected = {f"{i}.{name}": shapes for i in range(2) for name, shapes in STATES[arch].items()}
     model = make_model(arch, variant(arch, "rotary"))
     specs = model.state_specs()
-    assert [s.name for s in specs] == names
-    assert all(s.shape == spec_shape and s.dtype == torch.float32 for s in specs)
+    assert [s.name for s in specs] == list(expected)
+    assert all(s.shape == expected[s.name][0] and s.dtype == torch.float32 for s in specs)
     with torch.no_grad():
         _, state = model.prefill(torch.randint(0, 61, (2, 300)))
-    assert {k: tuple(v.shape) for k, v in state.items()} == {n: prefill_shape for n in names}
+    assert {k: tuple(v.shape) for k, v in state.items()} == {n: shapes[1] for n, shapes in expected.items()}
     assert all(v.dtype == torch.float32 for v in state.values())
 
 
@@ -211,7 +214,7 @@ CONFIGS = {"linear": LinearConfig, "softmax": SoftmaxConfig, "reformer": Reforme
 SHARED = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff", "pos_emb", "rotary_base",
           "max_seq_len", "tie_embeddings", "norm_eps")
 # The config keys checkpoints carry: a checkpoint written before the shared base must still load.
-KEYS = {"linear": SHARED + ("feature_map", "eps", "chunk_size"), "softmax": SHARED,
+KEYS = {"linear": SHARED + ("feature_map", "eps", "chunk_size", "shift_tokens"), "softmax": SHARED,
         "reformer": SHARED + ("n_hashes", "n_buckets", "bucket_size")}
 POSITIVE = {"linear": ("chunk_size",), "softmax": (), "reformer": ("n_hashes", "bucket_size")}
 

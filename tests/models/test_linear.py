@@ -17,7 +17,7 @@ from tests.models.block_models import make_model
 
 @torch.no_grad()
 def test_results_independent_of_chunk_size():
-    ref = make_model("linear", "rotary-elu-d15")
+    ref = make_model("linear", "rotary-elu-d15-shift")
     ids = torch.randint(0, 61, (2, 200))
     expected = ref(ids)
     for chunk in (1, 5, 64, 512):
@@ -28,14 +28,19 @@ def test_results_independent_of_chunk_size():
 
 @torch.no_grad()
 def test_attention_layer_matches_naive_reference():
-    model = make_model("linear", "rotary-elu-d15")
+    model = make_model("linear", "rotary-elu-d15-shift")
     attn = model.blocks[0].attn
     x = torch.randn(2, 50, 40)
     cos, sin = rotary_angles(torch.arange(50).expand(2, 50), 15, 10000.0)
     y, state = attn(x, torch.ones(2, 50, dtype=torch.bool), cos.unsqueeze(1), sin.unsqueeze(1))
-    assert list(state) == ["kv"]
-    # Independent recomputation: projections by hand, rotation as complex multiplication.
-    q, k, v = (attn.qkv(x).double().view(2, 50, 3, 3, 15).permute(2, 0, 3, 1, 4))
+    assert sorted(state) == ["kv", "shift"]
+    # Independent recomputation: token shift by hand (token t's first 20 features are token
+    # t - 1's, zeros before the first), projections by hand, rotation as complex multiplication.
+    shifted = x.double().clone()
+    shifted[:, 0, :20] = 0
+    shifted[:, 1:, :20] = x[:, :-1, :20].double()
+    assert torch.equal(state["shift"], x[:, -1, :20])
+    q, k, v = (attn.qkv.double()(shifted).view(2, 50, 3, 3, 15).permute(2, 0, 3, 1, 4))
     ang = torch.arange(50).double()[:, None] * 10000.0 ** (-torch.arange(7).double() / 7)
     rot = torch.polar(torch.ones_like(ang), ang)
 

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from linexport.contract import op_spec
 from linexport.export.lowerings import apply_lowering, function_proto
+from linexport.export.ops.causal_linear_attention import step_function_proto
 from linexport.models.ops.causal_linear_attention import causal_linear_attention, feature_map
 from linexport.models.ops.causal_linear_attention.naive import naive_causal_linear_attention
 from tests.conftest import rel_err
@@ -19,7 +20,9 @@ B, H = 2, 3
 _ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}
 
 
-def single_node(lowering: str, chunk: int, Dk: int, Dv: int, dtype=torch.float32, eps=1e-6):
+def single_node(lowering: str, chunk: int, Dk: int, Dv: int, dtype=torch.float32, eps=1e-6,
+                lowered_as: str = "prefill"):
+    """One op node in a graph of its own, lowered as the ``lowered_as`` graph's would be."""
     t = _ONNX_TYPES[dtype]
     node = helper.make_node(op_spec.OP_TYPE, list(op_spec.INPUTS), list(op_spec.OUTPUTS),
                             domain=op_spec.DOMAIN, num_heads=H, eps=eps)
@@ -34,7 +37,7 @@ def single_node(lowering: str, chunk: int, Dk: int, Dv: int, dtype=torch.float32
     opset = op_spec.DEFAULT_OPSET[lowering]
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(op_spec.DOMAIN, 1)])
-    model = apply_lowering(model, lowering, chunk)
+    model = apply_lowering(model, lowering, chunk, lowered_as)
     onnx.checker.check_model(model, full_check=True)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -73,6 +76,34 @@ def test_function_body_matches_naive(chunk, T, with_state):
     o, s = run(single_node("function", chunk, 15, 7), q, k, v, state)
     assert rel_err(o, ref_o) < 1e-5
     assert rel_err(s, ref_s) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "past-state"])
+def test_decode_graph_body_matches_naive_and_the_chunked_body(with_state, dtype):
+    """The decode graph's one-token body: the recurrence, against the oracle and against the
+    chunked body on the same token (fp16: within what the chunked body itself is off)."""
+    q, k, v, state = inputs(1, 15, 7, with_state)
+    ref_o, ref_s = naive_causal_linear_attention(q, k, v, 1e-6, state)
+    o, s = run(single_node("function", 1, 15, 7, dtype, lowered_as="decode"), q, k, v, state, dtype)
+    chunked_o, chunked_s = run(single_node("function", 1, 15, 7, dtype), q, k, v, state, dtype)
+    if dtype == torch.float32:
+        tol_o = tol_s = 1e-5
+    else:  # fp16 inputs: the oracle sees the unrounded ones
+        tol_o, tol_s = (2 * rel_err(chunked_o, ref_o) + 1e-5), (2 * rel_err(chunked_s, ref_s) + 1e-5)
+    assert rel_err(o, ref_o) < tol_o and rel_err(s, ref_s) < tol_s
+    assert rel_err(s, chunked_s) < 1e-5  # both accumulate the same fp32 products
+
+
+def test_decode_graph_body_is_lean():
+    """No chunk machinery in the one-token body: no padding of T, no chunk split or scan."""
+    fn = step_function_proto(20)
+    ops = [n.op_type for n in fn.node if n.op_type != "Constant"]
+    assert not set(ops) & {"Trilu", "CumSum", "Transpose", "Split", "Loop", "If", "Scan", "Shape", "Mod"}
+    chunked = [n.op_type for n in function_proto(64, 20).node if n.op_type != "Constant"]
+    assert len(ops) <= len(chunked) // 2, ops
+    assert (fn.domain, fn.name) == (op_spec.DOMAIN, op_spec.OP_TYPE)
+    assert list(fn.input) == list(op_spec.INPUTS) and list(fn.output) == list(op_spec.OUTPUTS)
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "past-state"])
