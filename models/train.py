@@ -59,11 +59,14 @@ def split_digest(data: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, data: torch.Tensor, seq_len: int = 256, batch_size: int = 32) -> float:
+def evaluate(model, data: torch.Tensor, seq_len: int = 256, batch_size: int = 32,
+             max_windows: int | None = None) -> float:
     """Mean next-byte cross-entropy (nats/byte) over all of ``data``, cut into consecutive
-    windows of ``seq_len`` predicted bytes (the last partial window dropped): deterministic,
-    so anyone can recompute a recorded figure."""
+    windows of ``seq_len`` predicted bytes (the last partial window dropped), or over the first
+    ``max_windows`` of them: deterministic, so anyone can recompute a recorded figure."""
     n = (len(data) - 1) // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
     if n < 1:
         raise LinexportError(f"expected at least {seq_len + 1} bytes to evaluate on, got {len(data)}")
     was_training = model.training
@@ -80,8 +83,10 @@ def evaluate(model, data: torch.Tensor, seq_len: int = 256, batch_size: int = 32
 
 
 def train(arch: str, out: Path, steps: int = 4000, batch_size: int = 16, seq_len: int = 256,
-          lr: float = 3e-3, seed: int = 0, config: dict | None = None, log=print) -> dict:
-    """Trains a demo model and saves it to ``out``. Returns the final metrics."""
+          lr: float = 3e-3, seed: int = 0, config: dict | None = None, val_windows: int | None = None,
+          log=print) -> dict:
+    """Trains a demo model and saves it to ``out``. Returns the final metrics; the validation
+    loss is over the whole held-out split, or its first ``val_windows`` windows."""
     torch.manual_seed(seed)
     if config is None:
         if arch not in DEMO_CONFIGS:
@@ -114,6 +119,8 @@ def train(arch: str, out: Path, steps: int = 4000, batch_size: int = 16, seq_len
         if step % 100 == 0 or step == steps:
             log(f"step {step}/{steps}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f} s)")
     seconds = round(time.perf_counter() - start, 1)  # training only, not the evaluation
+    if val_windows is not None:
+        val_data = val_data[:val_windows * seq_len + 1]
     metrics = {"train_loss": round(loss.item(), 4), "val_loss": round(evaluate(model, val_data, seq_len), 4),
                "val_bytes": len(val_data), "val_sha256": split_digest(val_data),
                "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,

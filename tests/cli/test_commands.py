@@ -68,10 +68,14 @@ def test_sample_streams_the_same_text_as_the_reference_sampler():
 def test_train_writes_a_loadable_checkpoint(tmp_path, arch):
     out = tmp_path / "tiny.pt"
     result = CliRunner().invoke(main, ["train", "--arch", arch, "-o", str(out), "--steps", "2",
-                                       "--batch-size", "2", "--seq-len", "16"])
+                                       "--batch-size", "2", "--seq-len", "16", "--val-windows", "3"])
     assert result.exit_code == 0, result.output
     model, meta = load_checkpoint(out)
-    assert meta["arch"] == arch and meta["extra"]["training"]["steps"] == 2
+    training = meta["extra"]["training"]
+    assert meta["arch"] == arch and training["steps"] == 2 and training["val_bytes"] == 3 * 16 + 1
+    # The recorded loss is the evaluation of the saved model on those windows.
+    _, val = corpus_split()
+    assert abs(evaluate(model, val, 16, max_windows=3) - training["val_loss"]) <= 1e-4
 
 
 def test_softmax_demo_config_matches_the_linear_parameter_for_parameter():
