@@ -49,7 +49,6 @@ class DecodeLoop:
         if any("past_seq" in s["shape"] for s in self.manifest["states"]):
             raise SystemExit(f"{out}: a KV-cache export; this benchmark compares fixed-size states")
         self.session = graphs.session("decode")
-        self.names = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.feed = {"input_ids": np.full((batch, 1), 65, np.int64),
                      "position": np.full(batch, 64, np.int64)}

@@ -160,9 +160,7 @@ class FlashLayer(nn.Module):
         B, T, D = x.shape
         prev_shift = (state["shift"] if state is not None
                       else x.new_zeros(B, (D + 1) // 2, dtype=_state_dtype(x.dtype)))
-        inp, shift = token_shift(normed, prev_shift, lengths)
-        if not c.shift_tokens:
-            inp = normed
+        inp, shift = token_shift(normed, prev_shift, lengths) if c.shift_tokens else (normed, prev_shift)
         quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, positions)
         parts = None if state is None else tuple(state[n] for n in ("lin_kv", "pending", "k_buf", "v_buf"))
         out, (lin_kv, pending, k_buf, v_buf) = chunk_mixed_attention(
@@ -174,9 +172,8 @@ class FlashLayer(nn.Module):
         """x [B, D], position [B] -> (y [B, D], new state)."""
         c = self.config
         normed = self.norm(x)
-        inp, shift = token_shift_step(normed, state["shift"].to(_state_dtype(x.dtype)))
-        if not c.shift_tokens:
-            inp = normed
+        prev_shift = state["shift"].to(_state_dtype(x.dtype))
+        inp, shift = token_shift_step(normed, prev_shift) if c.shift_tokens else (normed, prev_shift)
         quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, position)
         parts = (state["lin_kv"], state["pending"], state["k_buf"], state["v_buf"])
         out, (lin_kv, pending, k_buf, v_buf) = step_mixed_attention(

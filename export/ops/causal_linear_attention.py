@@ -143,10 +143,7 @@ def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
                          exclusive=1), past], name="before")
     u = n("Add", [intra, n("MatMul", [qc, before], name="inter")], name="u")
 
-    num = n("Slice", [u, n.const("s0", [0]), n.const("e_last", [-1]), n.const("ax4", [4])], name="num")
-    den = n("Slice", [u, n.const("s_last", [-1]), n.const("e_end", [_I64_MAX]), n.const("ax4b", [4])],
-            name="den")
-    o = n("Div", [num, n("Add", [den, eps], name="den_eps")], name="o")  # [B, H, N, C, Dv]
+    o = _normalise(n, u, eps, axis=4)  # [B, H, N, C, Dv]
     o = n("Transpose", [o], name="o_t", perm=[0, 2, 3, 1, 4])  # [B, N, C, H, Dv]
     hdv = n("Shape", ["value"], name="hdv", start=2, end=3)
     o = n("Reshape", [o, n("Concat", [n.const("zero_m1", [0, -1]), hdv], name="o_shape", axis=0)],
@@ -157,13 +154,7 @@ def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
     total = n("ReduceSum", [chunk_kv, n.const("axis_n1", [2])], name="total", keepdims=0)
     n("Add", ["past_state", total], ["present_state"], name="present")
 
-    attr_eps = helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS)
-    fn = helper.make_function(
-        op_spec.DOMAIN, op_spec.OP_TYPE, list(op_spec.INPUTS), list(op_spec.OUTPUTS), n.nodes,
-        opset_imports=[helper.make_opsetid("", opset)], attributes=[op_spec.ATTR_NUM_HEADS],
-        attribute_protos=[attr_eps],
-        doc_string=f"Chunked standard-op body (chunk {C}) of linexport::CausalLinearAttention.")
-    return fn
+    return _function(n, opset, f"Chunked standard-op body (chunk {C}) of linexport::CausalLinearAttention.")
 
 
 def step_function_proto(opset: int) -> onnx.FunctionProto:
@@ -191,19 +182,28 @@ def step_function_proto(opset: int) -> onnx.FunctionProto:
                    n.const("one", np.float32(1))], name="v1")  # [B, H, 1, Dv+1]: z's ones column
     n("Add", ["past_state", n("Mul", [k, v1], name="outer")], ["present_state"], name="present")
     u = n("MatMul", [q, "present_state"], name="u")  # [B, H, 1, Dv+1]
-    num = n("Slice", [u, n.const("s0", [0]), n.const("e_last", [-1]), n.const("ax3", [3])], name="num")
-    den = n("Slice", [u, n.const("s_last", [-1]), n.const("e_end", [_I64_MAX]), n.const("ax3b", [3])],
-            name="den")
-    o = n("Div", [num, n("Add", [den, eps], name="den_eps")], name="o")  # [B, H, 1, Dv]
+    o = _normalise(n, u, eps, axis=3)  # [B, H, 1, Dv]
     o = n("Reshape", [o, n.const("o_shape", [0, 1, -1])], name="o_flat")  # [B, 1, H*Dv]
     n("CastLike", [o, "query"], ["output"], name="output")
 
-    attr_eps = helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS)
+    return _function(n, opset, "One-token standard-op body (the decode graph's) of linexport::CausalLinearAttention.")
+
+
+def _normalise(n: Nodes, u: str, eps: str, axis: int) -> str:
+    """u = [numerator | denominator] along ``axis`` (the ones column's product last) ->
+    numerator / (denominator + eps)."""
+    num = n("Slice", [u, n.const("s0", [0]), n.const("e_last", [-1]), n.const("ax_num", [axis])], name="num")
+    den = n("Slice", [u, n.const("s_last", [-1]), n.const("e_end", [_I64_MAX]), n.const("ax_den", [axis])],
+            name="den")
+    return n("Div", [num, n("Add", [den, eps], name="den_eps")], name="o")
+
+
+def _function(n: Nodes, opset: int, doc: str) -> onnx.FunctionProto:
+    """The model-local FunctionProto of the op spec holding ``n``'s nodes as its body."""
     return helper.make_function(
         op_spec.DOMAIN, op_spec.OP_TYPE, list(op_spec.INPUTS), list(op_spec.OUTPUTS), n.nodes,
         opset_imports=[helper.make_opsetid("", opset)], attributes=[op_spec.ATTR_NUM_HEADS],
-        attribute_protos=[attr_eps],
-        doc_string="One-token standard-op body (the decode graph's) of linexport::CausalLinearAttention.")
+        attribute_protos=[helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS)], doc_string=doc)
 
 
 def _ref_const(n: Nodes, label: str, attr_name: str, field: str, attr_type) -> str:
@@ -237,10 +237,7 @@ def standard_nodes(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
     u, _ = n("LinearAttention", [q, k, v, past], [f"{n.prefix}u", present], name="linear_attention",
              update_rule="linear", scale=1.0, q_num_heads=H, kv_num_heads=H)
     u = n("Reshape", [u, split], name="u4")  # [B, T, H, Dv+1]
-    num = n("Slice", [u, n.const("s0", [0]), n.const("e_last", [-1]), n.const("ax3", [3])], name="num")
-    den = n("Slice", [u, n.const("s_last", [-1]), n.const("e_end", [_I64_MAX]), n.const("ax3b", [3])],
-            name="den")
-    o = n("Div", [num, n("Add", [den, n.const("eps", np.float32(eps))], name="den_eps")], name="o")
+    o = _normalise(n, u, n.const("eps", np.float32(eps)), axis=3)
     o = n("Reshape", [o, n.const("merge_o", [0, 0, -1])], name="o_flat")
     n("CastLike", [o, query], [output], name="output")
     return n.nodes
