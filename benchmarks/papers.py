@@ -21,7 +21,8 @@ Also measured in the same run (issue 6's targets):
 - decode latency near context 64 and near context N, from the per-step times of the longest
   generation (median of 32 steps each): linear's must not grow (within 5 %), softmax's does;
 - bytes a linear decode step moves (its weights + reading and writing the fp32 state) per
-  second, against memcpy bandwidth (bytes copied per second by numpy, best of 5, same run).
+  second, against the read bandwidth measured with as many threads as ONNX Runtime runs
+  (benchmarks/bandwidth.py, same run).
 
     python benchmarks/papers.py                                # 12 layers, d 768, 12 heads
     python benchmarks/papers.py --layers 4 --d-model 384 --heads 6 --tokens 1024,4096,16384
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +46,9 @@ from linexport.export.exporter import export_checkpoint
 from linexport.models import build_model
 from linexport.models.checkpoint import save_checkpoint
 from linexport.runtime import Model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bandwidth import read_bandwidth  # noqa: E402
 
 METHODS = ("linear", "flash", "softmax-kv-cache", "softmax-recompute", "reformer")
 WINDOW = 32  # decode steps per latency median
@@ -111,18 +116,6 @@ def recompute_fits(n: int, heads: int) -> tuple[bool, str]:
     return need < 0.6 * avail, f"needs ~{need / 2**30:.1f} GiB of T x T scores, {avail / 2**30:.1f} GiB available"
 
 
-def memcpy_bandwidth(nbytes: int = 512 << 20) -> float:
-    """Bytes copied per second by numpy (best of 5): what this machine's memory sustains."""
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best
-
-
 def decode_bytes(out: Path) -> int:
     """Bytes one linear decode step must move: every weight once, the state read and written."""
     import onnx
@@ -151,11 +144,12 @@ def main():
     tokens = sorted(int(n) for n in args.tokens.split(","))
     methods = [m for m in args.methods.split(",") if m]
     torch.set_num_threads(os.cpu_count() or 1)
-    bandwidth = memcpy_bandwidth()
+    # As many reader threads as ONNX Runtime's intra-op threads (its default: one per core).
+    bandwidth = read_bandwidth(os.cpu_count() or 1)["bytes_per_s"]
 
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "from_json")}
     results = {"settings": settings, "machine": _machine(),
-               "memcpy_bytes_per_s": bandwidth, "runs": [], "skipped": {}}
+               "read_bytes_per_s": bandwidth, "runs": [], "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="linexport-papers-") as tmp:
         print(f"exporting ({args.layers} layers, d {args.d_model}, {args.heads} heads) ...", flush=True)
         cfg = configs(args.layers, args.d_model, args.heads)
@@ -261,9 +255,11 @@ def _report(results: dict, tokens: list):
                   f"(context {lin['end_context']}): {bound}{ratio:.2f}x ({'met' if ratio >= 3 else 'NOT met'})")
         if "linear_decode_bytes" in results:
             moved = results["linear_decode_bytes"] / (lin["ms_at_64"] / 1e3)
-            share = moved / results["memcpy_bytes_per_s"]
+            # Runs saved before the honest measure hold a 1-thread memcpy under another name.
+            read = results.get("read_bytes_per_s") or results["memcpy_bytes_per_s"]
+            share = moved / read
             print(f"target: linear decode moves {results['linear_decode_bytes'] / 2**20:.1f} MiB/step at "
-                  f"{moved / 1e9:.2f} GB/s = {100 * share:.0f}% of memcpy's {results['memcpy_bytes_per_s'] / 1e9:.2f} "
+                  f"{moved / 1e9:.2f} GB/s = {100 * share:.0f}% of the read bandwidth {read / 1e9:.2f} "
                   f"GB/s ({'met' if share >= 0.5 else 'NOT met'}, target >= 50%)")
 
 

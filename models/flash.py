@@ -11,8 +11,9 @@ logits. One FLASH layer:
     quad_q, lin_q, quad_k, lin_k = z · γ_i + β_i, then rotary on their first `rotary_dim` dims
     y = x + W_o (gate ⊙ mixed_chunk_attention(...))
 
-State per layer (fp32, fixed size): ``lin_kv``, ``pending`` [B, S, E]; ``k_buf`` [B, C, S];
-``v_buf`` [B, C, E]; ``shift`` [B, ceil(D/2)] (the previous token's shifted features).
+State per layer (fp32, fixed size): ``lin_kv`` [B, S, E]; ``k_buf`` [B, C, 2S] and ``v_buf``
+[B, C, E], a ring of the last C tokens; ``shift`` [B, ceil(D/2)] (the previous token's shifted
+features).
 ``forward`` may continue from any such state (``position``, ``state``) exactly.
 """
 
@@ -101,20 +102,37 @@ def t5_buckets(C: int, num_buckets: int, max_distance: int) -> torch.Tensor:
     return torch.where(n < max_exact, n, large)
 
 
-def rotary_interleaved(x: torch.Tensor, positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
-    """Rotates interleaved pairs (x[2i], x[2i+1]) of the first ``dim`` features by position.
+def rotary_tables(positions: torch.Tensor, size: int, dim: int, base: float):
+    """(cos, sin) [..., size] for positions [...]: rotary on interleaved pairs (x[2i], x[2i+1])
+    of the first ``dim`` features; the features after them pass through (cos 1, sin 0). sin
+    carries the pair's sign, so that ``rotary(x) = x·cos + x[..., pair_swap]·sin``. Computed
+    once per call of the model and shared by its layers."""
+    half = torch.arange(0, dim, 2, device=positions.device).float() / max(dim, 1)
+    inv_freq = torch.zeros(size, device=positions.device)
+    inv_freq[:dim] = (1.0 / base ** half).repeat_interleave(2)
+    angles = positions.float().unsqueeze(-1) * inv_freq
+    sign = torch.ones(size, device=positions.device)
+    sign[0:dim:2] = -1.0
+    return torch.cos(angles), torch.sin(angles) * sign
 
-    x [..., T, S] with positions broadcastable to [..., T]."""
+
+def pair_swap(size: int, dim: int) -> list[int]:
+    """Feature order that swaps each interleaved pair of the first ``dim`` features."""
+    return [i ^ 1 if i < dim else i for i in range(size)]
+
+
+def rotary_interleaved(x: torch.Tensor, tables, dim: int) -> torch.Tensor:
+    """Rotates interleaved pairs of x's first ``dim`` features; x [..., S], tables from
+    ``rotary_tables`` broadcastable to x. In fp32 (fp64 for an fp64 x), returned in x's dtype."""
     if dim == 0:
         return x
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=x.device).float() / dim))
-    angles = positions.float().unsqueeze(-1) * inv_freq  # [..., T, dim/2]
-    cos = torch.cos(angles).repeat_interleave(2, -1)
-    sin = torch.sin(angles).repeat_interleave(2, -1)
-    rot, rest = x[..., :dim].to(_state_dtype(x.dtype)), x[..., dim:]
-    pairs = rot.unflatten(-1, (dim // 2, 2))
-    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return torch.cat([(rot * cos + swapped * sin).to(x.dtype), rest], dim=-1)
+    cos, sin = tables
+    rot = x.to(_state_dtype(x.dtype))
+    swapped = rot.index_select(-1, torch.tensor(pair_swap(x.shape[-1], dim), device=x.device))
+    return (rot * cos.to(rot.dtype) + swapped * sin.to(rot.dtype)).to(x.dtype)
+
+
+_ATTENTION_STATE = ("lin_kv", "k_buf", "v_buf")  # mixed_chunk_attention's state, in its order
 
 
 class FlashLayer(nn.Module):
@@ -141,19 +159,28 @@ class FlashLayer(nn.Module):
         weight = self.rel_pos_bias.weight
         return weight[self.buckets, 0].to(_state_dtype(weight.dtype)) * self.config.qk_dim ** 0.5
 
-    def _project(self, normed, positions):
-        """normed [..., D] (after token shift) -> (quad_q, lin_q, quad_k, lin_k, v, gate)."""
+    def _project(self, normed, rope):
+        """normed [..., D] (after token shift), rope: ``rotary_tables`` broadcastable to
+        [..., S] -> (quad_q, lin_q, quad_k, lin_k, v, gate). The four heads are rotated as one
+        [..., 4, S] tensor."""
         c = self.config
         v, gate = F.silu(self.to_hidden(normed)).chunk(2, dim=-1)
         z = F.silu(self.to_qk(normed))
         heads = z.unsqueeze(-2) * self.gamma + self.beta  # [..., 4, S]
-        quad_q, lin_q, quad_k, lin_k = (rotary_interleaved(h, positions, c.rotary_dim, c.rotary_base)
-                                        for h in heads.unbind(-2))
+        if rope is not None:
+            heads = rotary_interleaved(heads, tuple(t.unsqueeze(-2) for t in rope), c.rotary_dim)
+        quad_q, lin_q, quad_k, lin_k = heads.unbind(-2)
         return quad_q, lin_q, quad_k, lin_k, v, gate
 
-    def forward(self, x, positions, lengths, state=None, offset=None):
+    def rope(self, positions):
+        """This layer's rotary tables for positions [...] (None without rotary)."""
+        c = self.config
+        return rotary_tables(positions, c.qk_dim, c.rotary_dim, c.rotary_base) if c.rotary_dim else None
+
+    def forward(self, x, positions, lengths, state=None, offset=None, rope=None):
         """x [B, T, D]; positions [T] or [B, T] (absolute); lengths [B]; ``state``: this layer's
-        state before x (None: fresh); ``offset`` [B]: the state's position mod C (None: 0)
+        state before x (None: fresh); ``offset`` [B]: the state's position mod C (None: 0);
+        ``rope``: ``self.rope(positions)`` if the caller has it already
         -> (y [B, T, D], state after each sequence's last token)."""
         c = self.config
         normed = self.norm(x)
@@ -161,25 +188,28 @@ class FlashLayer(nn.Module):
         prev_shift = (state["shift"] if state is not None
                       else x.new_zeros(B, (D + 1) // 2, dtype=_state_dtype(x.dtype)))
         inp, shift = token_shift(normed, prev_shift, lengths) if c.shift_tokens else (normed, prev_shift)
-        quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, positions)
-        parts = None if state is None else tuple(state[n] for n in ("lin_kv", "pending", "k_buf", "v_buf"))
-        out, (lin_kv, pending, k_buf, v_buf) = chunk_mixed_attention(
+        quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, rope if rope is not None else self.rope(positions))
+        parts = None if state is None else tuple(state[n] for n in _ATTENTION_STATE)
+        out, parts = chunk_mixed_attention(
             quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths, parts, offset)
-        state = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf, "shift": shift}
+        state = {**dict(zip(_ATTENTION_STATE, parts)), "shift": shift}
         return x + self.to_out(gate * out), state
 
-    def step(self, x, position, state):
-        """x [B, D], position [B] -> (y [B, D], new state)."""
+    def step(self, x, position, state, rope=None):
+        """x [B, D], position [B] -> (y [B, D], new state); ``rope`` as ``forward``'s."""
         c = self.config
         normed = self.norm(x)
         prev_shift = state["shift"].to(_state_dtype(x.dtype))
         inp, shift = token_shift_step(normed, prev_shift) if c.shift_tokens else (normed, prev_shift)
-        quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, position)
-        parts = (state["lin_kv"], state["pending"], state["k_buf"], state["v_buf"])
-        out, (lin_kv, pending, k_buf, v_buf) = step_mixed_attention(
-            quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), position, parts, c.attn_fn)
-        new = {"lin_kv": lin_kv, "pending": pending, "k_buf": k_buf, "v_buf": v_buf,
-               "shift": shift}
+        v, gate = F.silu(self.to_hidden(inp)).chunk(2, dim=-1)
+        heads = F.silu(self.to_qk(inp)).unsqueeze(-2) * self.gamma + self.beta  # [B, 4, S]
+        rope = rope if rope is not None else self.rope(position)
+        if rope is not None:
+            heads = rotary_interleaved(heads, tuple(t.unsqueeze(-2) for t in rope), c.rotary_dim)
+        parts = tuple(state[n] for n in _ATTENTION_STATE)
+        out, parts = step_mixed_attention(heads[:, :2], heads[:, 2:], v, self.bias_table(), position, parts,
+                                          c.attn_fn)
+        new = {**dict(zip(_ATTENTION_STATE, parts)), "shift": shift}
         return x + self.to_out(gate * out), new
 
 
@@ -197,17 +227,15 @@ class FlashLM(CausalLM):
         self.final_norm = nn.LayerNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size)
 
-    _STATE = ("lin_kv", "pending", "k_buf", "v_buf", "shift")
+    _STATE = (*_ATTENTION_STATE, "shift")
 
     def state_specs(self):
         c = self.config
         S, E, C = c.qk_dim, c.hidden_dim, c.chunk_size
-        shapes = {"lin_kv": (S, E), "pending": (S, E), "k_buf": (C, S), "v_buf": (C, E),
-                  "shift": ((c.d_model + 1) // 2,)}
-        docs = {"lin_kv": "linear-attention state over completed chunks (Σ lin_k vᵀ / C)",
-                "pending": "Σ lin_k vᵀ / C over the current partial chunk",
-                "k_buf": "quadratic keys of the current partial chunk (row = offset)",
-                "v_buf": "values of the current partial chunk (row = offset)",
+        shapes = {"lin_kv": (S, E), "k_buf": (C, 2 * S), "v_buf": (C, E), "shift": ((c.d_model + 1) // 2,)}
+        docs = {"lin_kv": "linear-attention state over every token before the last C (Σ lin_k vᵀ / C)",
+                "k_buf": "ring of the last C tokens' quadratic | linear keys (row = position mod C)",
+                "v_buf": "ring of the last C tokens' values (row = position mod C)",
                 "shift": "the previous token's normalised first-half features (token shift)"}
         names = [n for n in self._STATE if c.shift_tokens or n != "shift"]
         return [StateSpec(f"{i}.{n}", ("batch", *shapes[n]), torch.float32, docs[n])
@@ -246,9 +274,10 @@ class FlashLM(CausalLM):
         if c.abs_pos_emb:
             x = x + self._abs_pos(positions).to(x.dtype)
         states = {}
+        rope = self.layers[0].rope(positions)
         for i, layer in enumerate(self.layers):
             layer_state = None if state is None else self._layer_state(state, i, x)
-            x, layer_state = layer(x, positions, lengths, layer_state, offset)
+            x, layer_state = layer(x, positions, lengths, layer_state, offset, rope)
             for name, value in layer_state.items():
                 if c.shift_tokens or name != "shift":
                     states[f"{i}.{name}"] = value
@@ -261,8 +290,9 @@ class FlashLM(CausalLM):
         if c.abs_pos_emb:
             x = x + self._abs_pos(position).to(x.dtype)
         new_state = {}
+        rope = self.layers[0].rope(position)
         for i, layer in enumerate(self.layers):
-            x, out = layer.step(x, position, self._layer_state(state, i, x))
+            x, out = layer.step(x, position, self._layer_state(state, i, x), rope)
             for name, value in out.items():
                 if c.shift_tokens or name != "shift":
                     new_state[f"{i}.{name}"] = value

@@ -48,6 +48,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
 
 
+def step_rotary_tables(position: torch.Tensor, head_dim: int, heads: int, base: float):
+    """One step's rotary for ``heads`` heads laid flat: position [B] -> (cos, sin) [B, 1,
+    heads * head_dim] such that ``x·cos + x[..., rotary_partner(head_dim, heads)]·sin`` is
+    ``apply_rotary`` (with ``rotary_angles``' angles) of each head of a flat x [B, 1, heads *
+    head_dim]: sin carries the sign, an odd last feature passes through (cos 1, sin 0). One
+    product, cos and sin per step, shared by every layer."""
+    half = head_dim // 2
+    inv_freq = base ** (-torch.arange(half, dtype=torch.float32) / max(half, 1))  # rotary_angles'
+    per_head = torch.cat([inv_freq, inv_freq, torch.zeros(head_dim - 2 * half)])
+    sign = torch.cat([-torch.ones(half), torch.ones(half), torch.zeros(head_dim - 2 * half)])
+    angles = position.to(torch.float32).view(-1, 1, 1) * per_head.repeat(heads).to(position.device)
+    return torch.cos(angles), torch.sin(angles) * sign.repeat(heads).to(position.device)
+
+
+def rotary_partner(head_dim: int, heads: int) -> torch.Tensor:
+    """Feature index of each flat feature's rotary partner (i <-> i + D/2 in every head)."""
+    half = head_dim // 2
+    one = [d + half if d < half else d - half if d < 2 * half else d for d in range(head_dim)]
+    return torch.tensor([h * head_dim + d for h in range(heads) for d in one])
+
+
 def token_shift(normed: torch.Tensor, prev: torch.Tensor, lengths: torch.Tensor):
     """Token shift over a block of tokens: the first ``ceil(D/2)`` features of each token are
     replaced by the previous token's (``prev`` for the first one), so attention sees the exact
@@ -67,11 +88,11 @@ def token_shift(normed: torch.Tensor, prev: torch.Tensor, lengths: torch.Tensor)
 
 
 def token_shift_step(normed: torch.Tensor, prev: torch.Tensor):
-    """``token_shift`` for one token: normed [B, D], prev [B, ceil(D/2)] -> (shifted [B, D],
-    new state: normed's first half, in prev's dtype)."""
+    """``token_shift`` for one token: normed [B, D] (or [B, 1, D]), prev [B, ceil(D/2)] ->
+    (shifted, normed's shape; new state: normed's first half [B, ceil(D/2)], in prev's dtype)."""
     half = (normed.shape[-1] + 1) // 2
-    return (torch.cat([prev.to(normed.dtype), normed[..., half:]], -1),
-            normed[..., :half].to(prev.dtype))
+    return (torch.cat([prev.to(normed.dtype).view(*normed.shape[:-1], half), normed[..., half:]], -1),
+            normed[..., :half].reshape(prev.shape).to(prev.dtype))
 
 
 class RotaryQKV(nn.Module):
@@ -84,6 +105,7 @@ class RotaryQKV(nn.Module):
         inner = config.n_heads * config.head_dim
         self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.out = nn.Linear(inner, config.d_model, bias=False)
+        self.register_buffer("rotary_partner", rotary_partner(config.head_dim, 2 * config.n_heads), persistent=False)
 
     def _qkv(self, x, cos, sin):
         """x [B, T, C] -> q, k, v each [B, H, T, D] (q and k rotated when cos is given)."""
@@ -95,13 +117,13 @@ class RotaryQKV(nn.Module):
         return q, k, v
 
     def _qkv_step(self, x, cos, sin):
-        """One token: x [B, C] -> q, k, v each [B, H, D]; ``qk`` [B, 2H, D], q and k rotated
-        together (one rotation instead of two, no time dim: what the decode graph runs).
-        cos/sin as ``TokenLM.step_inputs`` gives them, [B, 1, 1, D/2], or None."""
-        B = x.shape[0]
-        H, D = self.config.n_heads, self.config.head_dim
-        qkv = self.qkv(x).view(B, 3 * H, D)
-        qk, v = qkv[:, :2 * H], qkv[:, 2 * H:]
+        """One token, heads laid flat (what the decode graph runs: no per-head reshapes, q and
+        k rotated together by one gather and two products): x [B, 1, C] -> (qk [B, 1, 2·H·D]
+        (q's heads, then k's), v [B, 1, H·D]). cos/sin from ``step_rotary_tables`` for 2H
+        heads, or None."""
+        inner = self.config.n_heads * self.config.head_dim
+        qk, v = self.qkv(x).split([2 * inner, inner], dim=-1)
         if cos is not None:
-            qk = apply_rotary(qk, cos[:, :, 0], sin[:, :, 0])  # [B, 1, D/2] over the 2H heads
+            partner = self.rotary_partner.to(x.device)
+            qk = qk * cos.to(qk.dtype) + qk.index_select(-1, partner) * sin.to(qk.dtype)
         return qk, v

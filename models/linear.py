@@ -68,19 +68,15 @@ class LinearAttention(RotaryQKV):
         return self.out(o.transpose(1, 2).reshape(B, T, H * Dv)), {"kv": kv, **new}
 
     def step(self, x, state, position, cos, sin):
-        """x [B, C], state {"kv": [B, H, Dk, Dv+1]} -> (y [B, C], new state). Rotary carries
-        the position (in cos/sin); the state itself does not depend on it."""
+        """x [B, 1, C], state {"kv": [B, H, Dk, Dv+1]} -> (y [B, 1, C], new state). Rotary
+        carries the position (cos/sin from ``step_rotary_tables``); the state does not depend on it."""
         new = {}
         if self.config.shift_tokens:
             x, new["shift"] = token_shift_step(x, state["shift"])
-        qk, v = self._qkv_step(x, cos, sin)  # [B, 2H, D], [B, H, D]
-        qk = feature_map(qk, self.config.feature_map)  # φ on q and k at once
-        B, H, Dv = v.shape
-        q, k = qk[:, :H], qk[:, H:]
-        flat = [t.reshape(B, 1, -1) for t in (q, k, v)]  # the op's [B, T=1, H*D]
-        o, kv = causal_linear_attention(*flat, state["kv"], H, float(self.config.eps))
-        o = o.reshape(B, H, Dv).to(v.dtype)
-        return self.out(o.flatten(1)), {"kv": kv, **new}
+        qk, v = self._qkv_step(x, cos, sin)  # the op's [B, T=1, H*D]: heads flat
+        q, k = feature_map(qk, self.config.feature_map).chunk(2, dim=-1)  # φ on q and k at once
+        o, kv = causal_linear_attention(q, k, v, state["kv"], self.config.n_heads, float(self.config.eps))
+        return self.out(o.to(v.dtype)), {"kv": kv, **new}
 
 
 class LinearLM(TokenLM):
@@ -88,6 +84,7 @@ class LinearLM(TokenLM):
     config_class = LinearConfig
     attention = LinearAttention
     state_names = ("kv",)
+    flat_step = True
 
     def __init__(self, config: LinearConfig):
         super().__init__(config)

@@ -40,15 +40,18 @@ class SoftmaxAttention(RotaryQKV):
                 {"key": k.float() * keep, "value": v.float() * keep})
 
     def step(self, x, state, position, cos, sin):
-        """x [B, C], key/value [B, H, L, D] -> (y [B, C], key, value [B, H, L + 1, D])."""
+        """x [B, 1, C], key/value [B, H, L, D] -> (y [B, 1, C], key, value [B, H, L + 1, D])."""
+        H, D = self.config.n_heads, self.config.head_dim
         qk, v = self._qkv_step(x, cos, sin)
-        q, k = qk[:, :self.config.n_heads], qk[:, self.config.n_heads:]
+        q, k = qk.view(x.shape[0], 2 * H, D).chunk(2, dim=1)
+        v = v.view(x.shape[0], H, D)
         o, key, value = step_softmax_attention(q, k, v, state["key"], state["value"], position)
-        return self.out(o.flatten(1)), {"key": key, "value": value}
+        return self.out(o.flatten(1)).unsqueeze(1), {"key": key, "value": value}
 
 
 class SoftmaxLM(KVCacheLM):
     arch = "softmax"
     config_class = SoftmaxConfig
     attention = SoftmaxAttention
+    flat_step = True
     key_doc = "keys of every token so far (after rotary)"

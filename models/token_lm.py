@@ -26,7 +26,7 @@ from linexport.errors import LinexportError
 from linexport.models.base import (PAST_SEQ, CausalLM, StateSpec, check_input_ids, check_position,
                                    length_mask)
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, rotary_angles
+from linexport.models.layers import MLP, RMSNorm, rotary_angles, step_rotary_tables
 
 
 @dataclass
@@ -100,6 +100,10 @@ class TokenLM(CausalLM):
     attention: ClassVar[type[nn.Module]]
     state_names: ClassVar[tuple[str, ...]]  # one layer's state, e.g. ("kv",) -> "0.kv", "1.kv", ...
     block: ClassVar[type[Block]] = Block
+    # The step shaped for the decode graph (RotaryQKV's archs): the stream keeps its time dim of
+    # 1 ([B, 1, C], as the attention op takes it) and rotary comes as ``step_rotary_tables`` for
+    # q's and k's heads laid flat, instead of cos/sin [B, 1, 1, D/2] and a [B, C] stream.
+    flat_step: ClassVar[bool] = False
 
     def __init__(self, config: TokenLMConfig):
         # Blocks first: buffers drawn at construction (Reformer's rotations) then come from the
@@ -132,13 +136,20 @@ class TokenLM(CausalLM):
 
     def step(self, input_ids, position, state):
         self.check_step(position, state)
-        x, cos, sin = self.step_inputs(input_ids, position)
+        c = self.config
+        if self.flat_step:
+            x, cos, sin = self._embed(input_ids[:, None], position[:, None])  # x [B, 1, C]
+            if cos is not None:
+                cos, sin = step_rotary_tables(position, c.head_dim, 2 * c.n_heads, c.rotary_base)
+        else:
+            x, cos, sin = self.step_inputs(input_ids, position)
         h, new_state = self.block.streams(x), {}
         for i, block in enumerate(self.blocks):
             layer = {name: state[f"{i}.{name}"] for name in self.state_names}
             h, layer = block.step(h, layer, position, cos, sin)
             new_state.update({f"{i}.{name}": layer[name] for name in self.state_names})
-        return self.logits(self.block.merge(h)), new_state
+        logits = self.logits(self.block.merge(h))
+        return (logits.squeeze(1) if self.flat_step else logits), new_state
 
     def check_step(self, position, state):
         """Eager-only checks of a step's inputs; positions past the learned ones have no embedding."""

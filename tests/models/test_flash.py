@@ -121,7 +121,7 @@ def _random_op_inputs(T, B=2, S=5, E=7, C=8, seed=0):
 def _assert_state_is_naive(state, qk, lk, v, C, lengths, tol):
     for b, n in enumerate(lengths):
         expected = naive_mixed_chunk_state(qk[b], lk[b], v[b], C, n)
-        for name, got, ref in zip(("lin_kv", "pending", "k_buf", "v_buf"), state, expected):
+        for name, got, ref in zip(("lin_kv", "k_buf", "v_buf"), state, expected):
             assert (got[b] - ref).abs().max() <= tol * ref.abs().max().clamp(min=1.0), (name, b, n)
 
 
@@ -136,11 +136,11 @@ def test_mixed_chunk_op_matches_naive(attn_fn, T):
     assert out.dtype == torch.float64 and rel_err(out, ref) <= 1e-12
     _assert_state_is_naive(state, qk, lk, v, C, [T, T], 1e-12)
 
-    step_state = tuple(torch.zeros(s, dtype=torch.float64) for s in ((2, 5, 7), (2, 5, 7), (2, C, 5), (2, C, 7)))
+    step_state = tuple(torch.zeros(s, dtype=torch.float64) for s in ((2, 5, 7), (2, C, 10), (2, C, 7)))
     outs = []
     for t in range(T):
-        o, step_state = step_mixed_attention(qq[:, t], qk[:, t], lq[:, t], lk[:, t], v[:, t], bias,
-                                             torch.full((2,), t), step_state, attn_fn)
+        o, step_state = step_mixed_attention(torch.stack([qq[:, t], lq[:, t]], 1), torch.stack([qk[:, t], lk[:, t]], 1),
+                                             v[:, t], bias, torch.full((2,), t), step_state, attn_fn)
         outs.append(o)
     assert rel_err(torch.stack(outs, 1), ref) <= 1e-12
     _assert_state_is_naive(step_state, qk, lk, v, C, [T, T], 1e-12)
@@ -196,10 +196,10 @@ def test_state_is_fixed_size_and_matches_specs(name):
     model = make_model(name)
     c = model.config
     specs = {s.name: s for s in model.state_specs()}
-    names = ["lin_kv", "pending", "k_buf", "v_buf"] + (["shift"] if c.shift_tokens else [])
+    names = ["lin_kv", "k_buf", "v_buf"] + (["shift"] if c.shift_tokens else [])
     assert list(specs) == [f"{i}.{n}" for i in range(c.n_layers) for n in names]
     S, E, C = c.qk_dim, c.hidden_dim, c.chunk_size
-    expected = {"lin_kv": (S, E), "pending": (S, E), "k_buf": (C, S), "v_buf": (C, E), "shift": ((c.d_model + 1) // 2,)}
+    expected = {"lin_kv": (S, E), "k_buf": (C, 2 * S), "v_buf": (C, E), "shift": ((c.d_model + 1) // 2,)}
     for key, spec in specs.items():
         assert spec.shape == ("batch", *expected[key.split(".")[1]]) and spec.dtype == torch.float32
     with torch.no_grad():
@@ -437,3 +437,26 @@ def test_continued_prefill_exports_without_control_flow():
     for g, e, past in zip(got[1:], expected[1:], inputs[3:]):
         assert rel_err(torch.from_numpy(g), e) <= 1e-5
         assert torch.equal(e[1], past[1]) and torch.equal(torch.from_numpy(g[1]), past[1])
+
+
+@torch.no_grad()
+def test_step_moves_only_its_ring_row_and_the_evicted_token():
+    """A decode step from a random state, rows at every kind of offset: k_buf/v_buf change only
+    at row position % C (the new token), lin_kv only by the evicted token's Σ lin_k vᵀ / C —
+    the decode graph rewrites nothing else (fp64, exact where nothing may change)."""
+    C, B, S, E = 8, 5, 5, 7
+    g = torch.Generator().manual_seed(3)
+    state = (torch.randn(B, S, E, generator=g, dtype=torch.float64),
+             torch.randn(B, C, 2 * S, generator=g, dtype=torch.float64),
+             torch.randn(B, C, E, generator=g, dtype=torch.float64))
+    q, k = (torch.randn(B, 2, S, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, E, generator=g, dtype=torch.float64)
+    position = torch.tensor([0, 3, 7, 8, 21])  # offsets 0, 3, 7 (chunk end), 0 (new chunk), 5
+    _, (lin_kv, k_buf, v_buf) = step_mixed_attention(q, k, v, torch.randn(C, C, dtype=torch.float64),
+                                                     position, state, "relu2")
+    for b, row in enumerate((position % C).tolist()):
+        others = [r for r in range(C) if r != row]
+        assert torch.equal(k_buf[b, others], state[1][b, others]) and torch.equal(v_buf[b, others], state[2][b, others])
+        assert torch.equal(k_buf[b, row], k[b].flatten()) and torch.equal(v_buf[b, row], v[b])
+        evicted = torch.outer(state[1][b, row, S:], state[2][b, row]) / C
+        torch.testing.assert_close(lin_kv[b], state[0][b] + evicted, rtol=1e-14, atol=1e-14)

@@ -6,15 +6,16 @@ Inside a chunk of C tokens: quadratic attention ``attn_fn(q·k / C + bias[i, j])
 positions of the same chunk. Across chunks: linear attention whose state only absorbs a chunk
 once it is complete (``Σ lin_k vᵀ / C`` over completed chunks).
 
-The recurrent state of one layer (all fp32):
-    lin_kv   [B, S, E]  linear state over completed chunks
-    pending  [B, S, E]  Σ lin_k vᵀ / C over the current, partial chunk (folded in at its end)
-    k_buf    [B, C, S]  the partial chunk's quadratic keys (row r = offset r; later rows zero)
-    v_buf    [B, C, E]  the partial chunk's values
-The position is not state: it comes with every step. The fold at a chunk boundary is
-arithmetic on the position (``torch.where``), so the exported decode graph has no branches.
-``pending`` stands for the partial chunk's linear keys: it is all the fold needs of them, and
-keeping it (S×E) instead of the keys (C×S) spares each decode step a C×S×E matmul.
+The recurrent state of one layer (all fp32) is the last C tokens and a summary of the rest:
+    lin_kv   [B, S, E]   Σ lin_k vᵀ / C over every token before the last C
+    k_buf    [B, C, 2S]  ring of the last C tokens' keys, (quad_k | lin_k), token j at row j % C
+    v_buf    [B, C, E]   ring of the last C tokens' values
+(rows of no token, before the first C, are zero). At position p, offset o = p mod C, the ring's
+rows < o are the current chunk and rows >= o the previous chunk's tail: the quadratic part reads
+the first, the linear part lin_kv plus the second. A step writes its token to row o and folds
+the token it evicts (p − C) into lin_kv: one rank-1 update and two row writes, the same on every
+step, so the decode graph has no branch at chunk boundaries and rewrites nothing it need not.
+The position is not state: it comes with every step.
 The chunked form also continues from such a state at any position (``initial_state``,
 ``offset`` = position mod C): it completes the partial chunk exactly (docs/DESIGN.md, "The math,
 once").

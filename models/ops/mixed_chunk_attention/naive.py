@@ -46,23 +46,19 @@ def naive_mixed_chunk_state(quad_k, lin_k, v, chunk_size: int, length: int):
     """The exact recurrent state of mixed-chunk attention after the first ``length`` tokens of
     one sequence, from its definition (docs/DESIGN.md, "The math, once"): quad_k, lin_k [T, S]; v [T, E].
 
-    Returns (lin_kv [S, E] = Σ lin_k_j v_jᵀ / C over the tokens of completed chunks,
-    pending [S, E] = the same sum over the current partial chunk, k_buf [C, S] and v_buf [C, E]:
-    the partial chunk's quadratic keys and values at rows 0..length % C − 1, other rows zero).
+    Returns (lin_kv [S, E] = Σ lin_k_j v_jᵀ / C over the tokens before the last C, k_buf [C, 2S]
+    and v_buf [C, E]: the ring of the last C tokens, token j at row j % C as (quad_k_j | lin_k_j)
+    and v_j, rows of no token (length < C) zero).
     """
     C = chunk_size
     S, E = quad_k.shape[-1], v.shape[-1]
-    done = (length // C) * C  # tokens in completed chunks
     lin_kv = torch.zeros(S, E, dtype=v.dtype)
-    pending = torch.zeros(S, E, dtype=v.dtype)
-    k_buf = torch.zeros(C, S, dtype=v.dtype)
+    k_buf = torch.zeros(C, 2 * S, dtype=v.dtype)
     v_buf = torch.zeros(C, E, dtype=v.dtype)
     for j in range(length):
-        outer = torch.outer(lin_k[j], v[j]) / C
-        if j < done:
-            lin_kv += outer
+        if j < length - C:
+            lin_kv += torch.outer(lin_k[j], v[j]) / C
         else:
-            pending += outer
-            k_buf[j - done] = quad_k[j]
-            v_buf[j - done] = v[j]
-    return lin_kv, pending, k_buf, v_buf
+            k_buf[j % C] = torch.cat([quad_k[j], lin_k[j]])
+            v_buf[j % C] = v[j]
+    return lin_kv, k_buf, v_buf
