@@ -187,7 +187,9 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)
 
-    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "baseline")}  # no local paths
+    settings["baseline"] = args.baseline is not None
+    result = {"settings": settings,
               "machine": machine_info(), "versions": versions("ort"),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {}, "checks": []}
     print(f"read bandwidth, {args.threads} thread(s) ...", flush=True)

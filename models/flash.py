@@ -86,8 +86,11 @@ class ScaleNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(1))
 
     def forward(self, x):
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale
-        return x / norm.clamp(min=self.eps) * self.g
+        # In fp32 for fp16 activations (as RMSNorm): a graph runtime may sum the squares in the
+        # activation dtype, where fp16 loses what PyTorch's fp32 accumulation keeps.
+        xf = x.to(_state_dtype(x.dtype))
+        norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True) * self.scale
+        return (xf / norm.clamp(min=self.eps) * self.g).to(x.dtype)
 
 
 def t5_buckets(C: int, num_buckets: int, max_distance: int) -> torch.Tensor:
