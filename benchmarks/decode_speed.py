@@ -49,6 +49,7 @@ import onnx
 import torch
 
 from linexport.export.exporter import export_checkpoint
+from linexport.files import atomic_write
 from linexport.models import build_model
 from linexport.models.checkpoint import save_checkpoint
 from linexport.runtime.backends.ort import OrtBackend
@@ -222,10 +223,7 @@ def main():
         row["of_bandwidth"] = row["floor_ms"] / row["ms"]
     report(result, contexts, batches)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = args.json.with_suffix(".tmp")
-    tmp_json.write_text(json.dumps(result, indent=1) + "\n")
-    tmp_json.replace(args.json)
+    atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
     print(f"wrote {args.json}")
 
 
