@@ -52,8 +52,7 @@ from linexport.export.exporter import export_checkpoint
 from linexport.files import atomic_write
 from linexport.models import build_model
 from linexport.models.checkpoint import save_checkpoint
-from linexport.runtime.backends.ort import OrtBackend
-from linexport.runtime.backends.ort_kv import OrtKvCacheBackend
+from linexport.runtime.backends import create_backend
 from linexport.runtime.benchmark import machine_info, versions
 from linexport.runtime.export_dir import read_manifest
 
@@ -97,9 +96,7 @@ def state_bytes(out: Path, batch: int, context: int) -> tuple[int, str]:
 
 
 def open_backend(out: Path, batch: int, threads: int):
-    manifest = read_manifest(out, verify_hashes=False)
-    cls = OrtKvCacheBackend if any("past_seq" in s.shape for s in manifest.states) else OrtBackend
-    return cls(out / "prefill.onnx", out / "decode.onnx", batch, threads=threads)
+    return create_backend("ort", read_manifest(out, verify_hashes=False), batch, threads=threads)
 
 
 class Point:

@@ -164,16 +164,13 @@ class FlashLayer(nn.Module):
 
     def _project(self, normed, rope):
         """normed [..., D] (after token shift), rope: ``rotary_tables`` broadcastable to
-        [..., S] -> (quad_q, lin_q, quad_k, lin_k, v, gate). The four heads are rotated as one
-        [..., 4, S] tensor."""
-        c = self.config
+        [..., S] (None: no rotary) -> (heads [..., 4, S]: quad_q, lin_q, quad_k, lin_k, rotated
+        as one tensor; v; gate)."""
         v, gate = F.silu(self.to_hidden(normed)).chunk(2, dim=-1)
-        z = F.silu(self.to_qk(normed))
-        heads = z.unsqueeze(-2) * self.gamma + self.beta  # [..., 4, S]
+        heads = F.silu(self.to_qk(normed)).unsqueeze(-2) * self.gamma + self.beta
         if rope is not None:
-            heads = rotary_interleaved(heads, tuple(t.unsqueeze(-2) for t in rope), c.rotary_dim)
-        quad_q, lin_q, quad_k, lin_k = heads.unbind(-2)
-        return quad_q, lin_q, quad_k, lin_k, v, gate
+            heads = rotary_interleaved(heads, tuple(t.unsqueeze(-2) for t in rope), self.config.rotary_dim)
+        return heads, v, gate
 
     def rope(self, positions):
         """This layer's rotary tables for positions [...] (None without rotary)."""
@@ -191,7 +188,8 @@ class FlashLayer(nn.Module):
         prev_shift = (state["shift"] if state is not None
                       else x.new_zeros(B, (D + 1) // 2, dtype=_state_dtype(x.dtype)))
         inp, shift = token_shift(normed, prev_shift, lengths) if c.shift_tokens else (normed, prev_shift)
-        quad_q, lin_q, quad_k, lin_k, v, gate = self._project(inp, rope if rope is not None else self.rope(positions))
+        heads, v, gate = self._project(inp, rope if rope is not None else self.rope(positions))
+        quad_q, lin_q, quad_k, lin_k = heads.unbind(-2)
         parts = None if state is None else tuple(state[n] for n in _ATTENTION_STATE)
         out, parts = chunk_mixed_attention(
             quad_q, quad_k, lin_q, lin_k, v, self.bias_table(), c.chunk_size, c.attn_fn, lengths, parts, offset)
@@ -204,11 +202,7 @@ class FlashLayer(nn.Module):
         normed = self.norm(x)
         prev_shift = state["shift"].to(_state_dtype(x.dtype))
         inp, shift = token_shift_step(normed, prev_shift) if c.shift_tokens else (normed, prev_shift)
-        v, gate = F.silu(self.to_hidden(inp)).chunk(2, dim=-1)
-        heads = F.silu(self.to_qk(inp)).unsqueeze(-2) * self.gamma + self.beta  # [B, 4, S]
-        rope = rope if rope is not None else self.rope(position)
-        if rope is not None:
-            heads = rotary_interleaved(heads, tuple(t.unsqueeze(-2) for t in rope), c.rotary_dim)
+        heads, v, gate = self._project(inp, rope if rope is not None else self.rope(position))  # heads [B, 4, S]
         parts = tuple(state[n] for n in _ATTENTION_STATE)
         out, parts = step_mixed_attention(heads[:, :2], heads[:, 2:], v, self.bias_table(), position, parts,
                                           c.attn_fn)

@@ -124,6 +124,5 @@ class RotaryQKV(nn.Module):
         inner = self.config.n_heads * self.config.head_dim
         qk, v = self.qkv(x).split([2 * inner, inner], dim=-1)
         if cos is not None:
-            partner = self.rotary_partner.to(x.device)
-            qk = qk * cos.to(qk.dtype) + qk.index_select(-1, partner) * sin.to(qk.dtype)
+            qk = qk * cos.to(qk.dtype) + qk.index_select(-1, self.rotary_partner) * sin.to(qk.dtype)
         return qk, v

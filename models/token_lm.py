@@ -138,8 +138,9 @@ class TokenLM(CausalLM):
         self.check_step(position, state)
         c = self.config
         if self.flat_step:
-            x, cos, sin = self._embed(input_ids[:, None], position[:, None])  # x [B, 1, C]
-            if cos is not None:
+            x = self._embed_tokens(input_ids[:, None], position[:, None])  # [B, 1, C]
+            cos = sin = None
+            if c.pos_emb != "learned":
                 cos, sin = step_rotary_tables(position, c.head_dim, 2 * c.n_heads, c.rotary_base)
         else:
             x, cos, sin = self.step_inputs(input_ids, position)
@@ -201,12 +202,18 @@ class TokenLM(CausalLM):
         return self.lm_head(self.norm(x))
 
     def _embed(self, input_ids, positions):
+        """-> (x, cos, sin [B, 1, T, D/2], or None with learned positions)."""
         c = self.config
-        x = self.embed(input_ids)
+        x = self._embed_tokens(input_ids, positions)
         if c.pos_emb == "learned":
-            return x + self.pos_embed(positions), None, None
+            return x, None, None
         cos, sin = rotary_angles(positions, c.head_dim, c.rotary_base)
         return x, cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def _embed_tokens(self, input_ids, positions):
+        """The token embeddings, plus the learned positions' where the model has them."""
+        x = self.embed(input_ids)
+        return x + self.pos_embed(positions) if self.config.pos_emb == "learned" else x
 
 
 class KVCacheLM(TokenLM):

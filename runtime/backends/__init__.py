@@ -10,18 +10,20 @@ from linexport.runtime.backends.base import Backend
 BACKENDS = ("ort", "trt")
 
 
-def create_backend(name: str, manifest, num_slots: int, device: str = "cpu") -> Backend:
+def create_backend(name: str, manifest, num_slots: int, device: str = "cpu", threads: int = 0) -> Backend:
+    """``threads``: ONNX Runtime's intra-op threads (0: its default); TensorRT takes none."""
     # A KV cache (the softmax baseline) grows per token: it needs the pools of OrtKvCacheBackend
     # instead of the fixed-size, zero-copy state rows of OrtBackend.
     kv_cache = any(PAST_SEQ in s.shape for s in manifest.states)
     if name == "ort" and kv_cache:
         from linexport.runtime.backends.ort_kv import OrtKvCacheBackend
 
-        return OrtKvCacheBackend(manifest.graph_path("prefill"), manifest.graph_path("decode"), num_slots, device)
+        return OrtKvCacheBackend(manifest.graph_path("prefill"), manifest.graph_path("decode"), num_slots, device,
+                                 threads)
     if name == "ort":
         from linexport.runtime.backends.ort import OrtBackend
 
-        return OrtBackend(manifest.graph_path("prefill"), manifest.graph_path("decode"), num_slots, device)
+        return OrtBackend(manifest.graph_path("prefill"), manifest.graph_path("decode"), num_slots, device, threads)
     if name == "trt" and kv_cache:
         raise LinexportError(f"the TensorRT backend runs fixed-size states only, but this {manifest.arch} "
                              "export carries a KV cache: use backend 'ort' (--backend ort)")

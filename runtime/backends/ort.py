@@ -186,7 +186,8 @@ class OrtBackend(Backend):
         The binding of each (pools, rows) is made once and kept (a few dozen at most): it holds
         only pointers into buffers that live as long as the backend — the pools, the staging
         pools, the id/position/logits arrays, whose contents change in place — so binding 2·S+3
-        tensors anew each step (about 1 ms for GAU's 32 states) buys nothing."""
+        tensors anew each step buys nothing (it cost about 0.3 ms a step for GAU's 32 states,
+        8 layers d384, against a 7 ms step)."""
         key = (id(past), id(present), start, n)
         b = self._bindings.pop(key, None)
         if b is None:
