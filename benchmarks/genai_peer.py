@@ -12,6 +12,8 @@ Needs the peer's packages: pip install onnxruntime-genai transformers onnx_ir
 
     python benchmarks/genai_peer.py                       # 4 layers d384, contexts 64,1024,4096
     python benchmarks/genai_peer.py --contexts 64,16384 --precision int4
+    python benchmarks/genai_peer.py --precision int4 --quantize int4 --accuracy-level 4 \
+        --json benchmarks/results/genai-peer-decode-int4.json   # both int4, both int8 compute
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from linexport.export.exporter import export_checkpoint
+from linexport.export.quantize import QuantOptions
 from linexport.files import atomic_write
 from linexport.models import build_model
 from linexport.models.checkpoint import save_checkpoint
@@ -74,6 +77,8 @@ def main():
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--contexts", default="64,1024,4096")
     ap.add_argument("--precision", choices=("fp32", "int4"), default="fp32", help="genai's Llama (ours: fp32)")
+    ap.add_argument("--quantize", choices=("int8", "int4"), default=None, help="ours quantized (default: fp32)")
+    ap.add_argument("--accuracy-level", type=int, default=None, help="ours: MatMulNBits' compute type")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--steps", type=int, default=25, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=6)
@@ -93,7 +98,8 @@ def main():
         torch.manual_seed(0)
         model = build_model("linear", config).eval()
         save_checkpoint(model, root / "linear.pt")
-        export_checkpoint(root / "linear.pt", root / "linear")
+        quantize = QuantOptions(args.quantize, accuracy_level=args.accuracy_level) if args.quantize else None
+        export_checkpoint(root / "linear.pt", root / "linear", quantize=quantize)
         peer_dir, peer_params = build_llama(config, root, args.precision, args.threads)
         result["parameters"] = {"linear": sum(p.numel() for p in model.parameters()), "llama": peer_params}
         print(f"linear {result['parameters']['linear'] / 1e6:.2f}M parameters, genai Llama ({args.precision}) "

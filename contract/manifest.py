@@ -18,6 +18,12 @@ Pure JSON + hashlib — no torch, no onnx — so the runtime can read it. Layout
                 "decode": {...}},
      "states": [{"name": "0.kv", "shape": ["batch", 4, 64, 65], "dtype": "float32", "doc": ""}],
      "source": {"checkpoint": "/abs/ckpt.pt", "sha256": "..."},
+     # only in a quantized export (`linexport onnx --quantize`, export/quantize.py):
+     "quantization": {"scheme": "int4", "bits": 4, "format": "MatMulNBits",  # or "QDQ"
+                      "block_size": 32,          # null: per output channel (int8 QDQ)
+                      "symmetric": true, "accuracy_level": 0, "weights": ["MatMul"],  # + "Gather"
+                      "embeddings": false, "tool": "onnxruntime.quantization", "tool_version": "1.32.0",
+                      "nodes": {"prefill": 20, "decode": 20}},  # quantized-weight nodes per graph
      # only after `linexport trt` (export/engines.py):
      "engines": {"target": "rtx",            # or "tensorrt"
                  "tensorrt_version": "1.7.1.116", "precision": "fp16", "strongly_typed": true,
@@ -70,6 +76,10 @@ FORMAT_VERSION = 3  # the format this linexport writes and reads (older ones: re
 PAST_SEQ = "past_seq"  # the cache-length dim of a KV-cache state (format 2); = models.base.PAST_SEQ
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # --dtype -> activation dtype
 STATE_DTYPE = "float32"
+QUANT_SCHEMES = {"int8": 8, "int4": 4}  # --quantize -> weight bits
+QUANT_FORMATS = ("MatMulNBits", "QDQ")  # ONNX Runtime's contrib op / DequantizeLinear (TensorRT)
+QUANT_QDQ_BLOCK_SIZES = (64, 128)  # int4 QDQ: the block sizes TensorRT's int4 weight-only GEMM takes
+QUANT_MIN_OPSET = {"MatMulNBits": 1, "QDQ": 21}
 
 _REQUIRED = {"format": str, "format_version": int, "arch": str, "config": dict, "vocab_size": int,
              "tokenizer": dict, "precision": str, "opset": int, "full_logits": bool,
@@ -263,8 +273,70 @@ def validate_manifest(data, where: str = MANIFEST_NAME) -> None:
             fail(f"the {name} graph's IO does not match the graph contract and the state specs: "
                  f"expected inputs {inputs} and outputs {outputs}, got {graph.get('inputs')} and "
                  f"{graph.get('outputs')}")
+    if "quantization" in data:
+        _validate_quantization(data["quantization"], data, fail)
     if "engines" in data:
         _validate_engines(data["engines"], data["precision"], fail)
+
+
+def quant_block_size_error(scheme: str, fmt: str, block_size) -> str | None:
+    """Why ``block_size`` is no block size for ``scheme`` in ``fmt`` (None: it is one)."""
+    if fmt == "QDQ" and scheme == "int8":
+        return None if block_size is None else (
+            f"int8 QDQ weights have one scale per output channel (TensorRT's int8 weight-only form), "
+            f"so no block size: drop --block-size, got {block_size!r}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool):
+        return f"expected an int block size, got {block_size!r}"
+    if fmt == "QDQ":
+        return None if block_size in QUANT_QDQ_BLOCK_SIZES else (
+            f"expected --block-size in {list(QUANT_QDQ_BLOCK_SIZES)} for int4 QDQ (TensorRT's blocked "
+            f"int4 weights), got {block_size}")
+    if block_size < 16 or block_size & (block_size - 1):
+        return (f"expected --block-size a power of two >= 16 (MatMulNBits' blocks along K), got {block_size}; "
+                f"try 32 (the default), 64 or 128")
+    return None
+
+
+def _validate_quantization(q, data: dict, fail):
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(q, dict):
+        fail(f"expected quantization as a dict, got {q!r:.200}")
+    keys = {"scheme", "bits", "format", "block_size", "symmetric", "accuracy_level", "weights", "embeddings",
+            "tool", "tool_version", "nodes"}
+    if set(q) != keys:
+        fail(f"expected quantization to hold exactly {sorted(keys)}, got {sorted(q)}")
+    if q["scheme"] not in QUANT_SCHEMES or q["bits"] != QUANT_SCHEMES[q["scheme"]]:
+        fail(f"expected quantization.scheme in {sorted(QUANT_SCHEMES)} with its bits "
+             f"({QUANT_SCHEMES}), got {q['scheme']!r} with bits {q['bits']!r}")
+    if q["format"] not in QUANT_FORMATS:
+        fail(f"expected quantization.format in {list(QUANT_FORMATS)}, got {q['format']!r}")
+    problem = quant_block_size_error(q["scheme"], q["format"], q["block_size"])
+    if problem:
+        fail(f"quantization.block_size: {problem}")
+    if q["symmetric"] is not True and q["format"] == "QDQ":
+        fail("expected symmetric QDQ weights (TensorRT's dequantize takes no zero point)")
+    if not isinstance(q["symmetric"], bool) or not is_int(q["accuracy_level"]) or not 0 <= q["accuracy_level"] <= 4:
+        fail(f"expected quantization.symmetric a bool and accuracy_level in 0..4, got "
+             f"{q['symmetric']!r} and {q['accuracy_level']!r}")
+    if q["format"] == "QDQ" and q["accuracy_level"] != 0:
+        fail(f"expected accuracy_level 0 for QDQ weights (it is MatMulNBits' attribute), got {q['accuracy_level']!r}")
+    weights = q["weights"]
+    if not (isinstance(weights, list) and weights[:1] == ["MatMul"] and set(weights) <= {"MatMul", "Gather"}
+            and len(set(weights)) == len(weights)):
+        fail(f"expected quantization.weights as ['MatMul'] or ['MatMul', 'Gather'], got {weights!r}")
+    if not isinstance(q["embeddings"], bool) or ("Gather" in weights and not q["embeddings"]):
+        fail(f"expected quantization.embeddings a bool (true where Gather weights are quantized), got "
+             f"{q['embeddings']!r} with weights {weights!r}")
+    if not (isinstance(q["tool"], str) and q["tool"] and isinstance(q["tool_version"], str) and q["tool_version"]):
+        fail(f"expected quantization.tool and tool_version as strings, got {q['tool']!r}, {q['tool_version']!r}")
+    nodes = q["nodes"]
+    if not (isinstance(nodes, dict) and set(nodes) == set(GRAPHS) and all(is_int(v) and v >= 1 for v in nodes.values())):
+        fail(f"expected quantization.nodes as {{prefill, decode: quantized-weight nodes >= 1}}, got {nodes!r}")
+    floor = max(QUANT_MIN_OPSET[q["format"]], 21 if "Gather" in weights else 1)  # int4 tables are opset 21's
+    if data["opset"] < floor:
+        fail(f"expected opset >= {floor} for {q['format']} weights {weights}, got {data['opset']}")
 
 
 ENGINE_TARGETS = ("tensorrt", "rtx")
@@ -318,10 +390,24 @@ def reexport_command(data: dict, where: str = MANIFEST_NAME) -> str:
         parts.append(f"--dtype {data['precision']}")
     if field(lowering.get("option"), str):
         parts.append(f"--lowering {lowering['option']}")
+    quant = data.get("quantization") if isinstance(data.get("quantization"), dict) else None
     if field(data.get("opset"), int):
-        parts.append(f"--opset {data['opset']}")
+        floor = 1
+        if quant:
+            floor = max(QUANT_MIN_OPSET.get(quant.get("format"), 1), 21 if quant.get("embeddings") else 1)
+        parts.append(f"--opset {max(data['opset'], floor)}")
     if data.get("full_logits") is True:
         parts.append("--full-logits")
+    if quant and quant.get("scheme") in QUANT_SCHEMES:
+        parts.append(f"--quantize {quant['scheme']}")
+        if quant.get("format") in QUANT_FORMATS and quant["format"] != QUANT_FORMATS[0]:
+            parts.append(f"--quant-format {quant['format']}")
+        if isinstance(quant.get("block_size"), int):
+            parts.append(f"--block-size {quant['block_size']}")
+        if quant.get("embeddings") is True:
+            parts.append("--quantize-embeddings")
+        if isinstance(quant.get("accuracy_level"), int) and quant.get("format") == QUANT_FORMATS[0]:
+            parts.append(f"--accuracy-level {quant['accuracy_level']}")
     return " ".join(parts)
 
 

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.contract.manifest import (MANIFEST_NAME, load_manifest, update_manifest)
+from linexport.contract.manifest import (MANIFEST_NAME, load_manifest, reexport_command, update_manifest)
+from linexport.export.quantize import options_from_record
 from linexport.files import atomic_write, file_sha256
 from linexport.tensorrt_flavours import TARGETS, import_tensorrt
 
@@ -117,6 +118,7 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
         report.reexported = _reexport(out, manifest, options.precision, log)
         manifest = report.manifest = load_manifest(out)
     _check_lowering(manifest, options.target, out)
+    _check_quantization(manifest, out)
 
     plugin = _load_plugin(trt, manifest, options, log)
     cache = _read_timing_cache(options, log)
@@ -188,9 +190,22 @@ def _reexport(out: Path, manifest: dict, precision: str, log) -> str:
     why = (f"{out} holds {manifest['precision']} graphs: re-exporting {source} as {precision} into "
            f"{out} ({manifest['lowering']['option']} lowering, opset {manifest['opset']})")
     log(why)
+    quant = manifest.get("quantization")
     export_checkpoint(source, out, lowering=manifest["lowering"]["option"], opset=manifest["opset"],
-                      dtype=precision, full_logits=manifest["full_logits"], log=lambda m: log(f"  {m}"))
+                      dtype=precision, full_logits=manifest["full_logits"], log=lambda m: log(f"  {m}"),
+                      quantize=options_from_record(quant) if quant else None)
     return why
+
+
+def _check_quantization(manifest: dict, out: Path):
+    """MatMulNBits is ONNX Runtime's contrib op: no TensorRT parser knows it."""
+    quant = manifest.get("quantization")
+    if quant and quant["format"] != "QDQ":
+        command = reexport_command({**manifest, "quantization": {**quant, "format": "QDQ", "accuracy_level": 0,
+                                                                  "block_size": 128 if quant["scheme"] == "int4"
+                                                                  else None}}, str(out / MANIFEST_NAME))
+        raise LinexportError(f"{out} holds {quant['scheme']} {quant['format']} weights, ONNX Runtime's own op, "
+                             f"which TensorRT cannot parse; TensorRT takes QDQ weights: {command}")
 
 
 def _check_lowering(manifest: dict, target: str, out: Path):

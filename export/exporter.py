@@ -24,7 +24,11 @@ from linexport.export.lowerings import apply_lowering, attention_nodes
 from linexport.export.ops import ops_in_model
 from linexport.export.tokenizer import export_tokenizer
 from linexport.contract.manifest import (FORMAT_TAG, MANIFEST_NAME, PRECISIONS, STATE_DTYPE,
-                                       FORMAT_VERSION, io_entry, write_manifest)
+                                       FORMAT_VERSION, graph_files, io_entry, load_manifest,
+                                       reexport_command, tokenizer_files, write_manifest)
+from linexport.export.opset import opset_of
+from linexport.export.quantize import QDQ_MIN_OPSET, QuantOptions, quantize_graph
+from linexport.export.quantize import record as quant_record
 from linexport.files import clean_stale, file_sha256, publish_dir, temp_dir_beside
 from linexport.models.base import CausalLM
 
@@ -57,22 +61,42 @@ def check_options(lowering: str, opset: int | None, dtype: str) -> int:
 def export_checkpoint(checkpoint, out, lowering: str = op_spec.DEFAULT_LOWERING, opset: int | None = None,
                       dtype: str = "fp32", full_logits: bool = False,
                       log: Callable[[str], None] = lambda message: None,
-                      external_data_threshold: int | None = None) -> dict:
+                      external_data_threshold: int | None = None, quantize: QuantOptions | None = None) -> dict:
     """Exports ``checkpoint`` into directory ``out``; returns the manifest written there.
     Graphs whose weights exceed ``external_data_threshold`` bytes (default: just under 2 GiB)
-    keep them in ``<graph>.onnx.data``."""
+    keep them in ``<graph>.onnx.data``. ``quantize``: the float graphs' weights are then
+    quantized (export/quantize.py) before anything is published."""
     from linexport.models.checkpoint import load_checkpoint
 
+    if quantize is not None:
+        quantize = quantize.checked()
+        if quantize.format == "QDQ":
+            if opset is not None and opset < QDQ_MIN_OPSET:
+                raise LinexportError(f"expected --opset {QDQ_MIN_OPSET} or higher with --quant-format QDQ "
+                                     f"(int4 tensors and blocked DequantizeLinear), got {opset}")
+            opset = max(opset or op_spec.DEFAULT_OPSET.get(lowering, QDQ_MIN_OPSET), QDQ_MIN_OPSET)
     opset = check_options(lowering, opset, dtype)
     out = Path(out).absolute()
     checkpoint = Path(checkpoint).absolute()
-    tmp = _temp_dir_beside(out)
-    try:
+    threshold = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
+
+    def fill(tmp: Path) -> dict:
         log(f"loading {checkpoint}")
         model, meta = load_checkpoint(checkpoint)
         source = source_record(checkpoint)
-        threshold = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
         manifest = _export_into(tmp, model, meta, source, lowering, opset, dtype, full_logits, log, threshold)
+        if quantize is not None:
+            manifest = _quantize_into(tmp, manifest, quantize, log, threshold)
+        return manifest
+    return _write_export(out, fill, log)
+
+
+def _write_export(out: Path, fill: Callable[[Path], dict], log) -> dict:
+    """Runs ``fill(tmp)`` (-> the manifest) in a temp directory beside ``out``, then publishes
+    that directory as ``out``; a failure anywhere leaves ``out`` as it was."""
+    tmp = _temp_dir_beside(out)
+    try:
+        manifest = fill(tmp)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,6 +162,52 @@ def _export_into(tmp: Path, model: CausalLM, meta: dict, source: dict, lowering:
             "attention_op": {"domain": op_spec.DOMAIN, "op_type": op_spec.OP_TYPE, "version": op_spec.OP_VERSION},
             "function_chunk": chunk})  # the chunk length of each graph's function body
     write_manifest(manifest, tmp)  # validates the graphs' IO against the contract
+    return manifest
+
+
+def quantize_export(src, out, options: QuantOptions, log: Callable[[str], None] = lambda message: None,
+                    external_data_threshold: int | None = None) -> dict:
+    """Quantizes the float export ``src`` into ``out`` (which may be ``src`` itself: it is then
+    replaced atomically); returns the new manifest. Engines of ``src`` are not carried over
+    (they were built from the float graphs): run `linexport trt` on ``out``."""
+    options = options.checked()
+    src, out = Path(src).absolute(), Path(out).absolute()
+    manifest = load_manifest(src)  # every file named is inside src and matches its sha256
+    if "quantization" in manifest:
+        q = manifest["quantization"]
+        raise LinexportError(f"{src} is already quantized ({q['scheme']}, {q['format']}); quantize its float "
+                             f"export instead: {reexport_command({**manifest, 'quantization': None}, str(src / MANIFEST_NAME))}")
+    manifest = {k: v for k, v in manifest.items() if k != "engines"}
+    threshold = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
+
+    def fill(tmp: Path) -> dict:
+        for entry in [*graph_files(manifest), *tokenizer_files(manifest)]:
+            (tmp / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / entry["file"], tmp / entry["file"])
+        return _quantize_into(tmp, manifest, options, log, threshold)
+    return _write_export(out, fill, log)
+
+
+def _quantize_into(tmp: Path, manifest: dict, options: QuantOptions, log, threshold: int) -> dict:
+    """Replaces the float graphs in ``tmp`` by their quantized forms and rewrites the manifest."""
+    manifest = copy.deepcopy(manifest)
+    nodes, opsets = {}, set()
+    for name in ("prefill", "decode"):
+        entry = manifest["graphs"][name]
+        start = time.perf_counter()
+        log(f"quantizing the {name} graph ({options.scheme}, {options.format}, block size "
+            f"{options.block_size or 'per channel'})")
+        proto = onnx.load(str(tmp / entry["file"]))
+        for f in [entry, *entry["external_data"]]:
+            (tmp / f["file"]).unlink()
+        proto, nodes[name] = quantize_graph(proto, options)
+        opsets.add(opset_of(proto))
+        manifest["graphs"][name] = _save_graph(proto, tmp, name, threshold)
+        log(f"  {nodes[name]} weights quantized in {time.perf_counter() - start:.1f}s")
+    assert len(opsets) == 1, opsets
+    manifest["opset"] = opsets.pop()
+    manifest["quantization"] = quant_record(options, nodes)
+    write_manifest(manifest, tmp)
     return manifest
 
 

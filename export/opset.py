@@ -42,7 +42,8 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         raise LinexportError(f"expected --opset {source} or higher for this torch version's export, "
                              f"got {target}")
     _check_upgradable(model, source, target)
-    for entry in model.opset_import:
+    # The model's import and each local function's own (a function body is checked above too).
+    for entry in [*model.opset_import, *(e for fn in model.functions for e in fn.opset_import)]:
         if entry.domain in ("", "ai.onnx"):
             entry.version = target
     return model

@@ -59,6 +59,43 @@ def print_checks(checks) -> bool:
     return True
 
 
+def quantize_options(fn, required: bool = False):
+    """--quantize and its settings (export/quantize.py), shared by `onnx` and `quantize`."""
+    from linexport.contract.manifest import QUANT_FORMATS, QUANT_SCHEMES
+
+    for option in reversed([
+        click.option("--quantize", "scheme", type=click.Choice(sorted(QUANT_SCHEMES)), required=required,
+                     default=None, help="Weight-only quantization of the projections (state stays fp32)."),
+        click.option("--quant-format", type=click.Choice(QUANT_FORMATS, case_sensitive=False),
+                     default=QUANT_FORMATS[0], show_default=True,
+                     help="MatMulNBits for ONNX Runtime; QDQ (DequantizeLinear, opset 21) for TensorRT."),
+        click.option("--block-size", type=int, default=None,
+                     help="Weights per scale along K. Default: 32 (MatMulNBits), 128 (int4 QDQ); int8 QDQ "
+                          "is per output channel."),
+        click.option("--quantize-embeddings", is_flag=True,
+                     help="Quantize the LM head too (and, in int4 MatMulNBits, the token embedding)."),
+        click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
+                     help="MatMulNBits' compute type: 0 in the activations' precision (default for int4), "
+                          "4 int8 (default for int8; faster, activations rounded per row)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def quant_options_from(scheme, quant_format, block_size, quantize_embeddings, accuracy_level):
+    """The QuantOptions the --quantize group names (None without --quantize)."""
+    if scheme is None:
+        given = [flag for flag, value in (("--block-size", block_size is not None),
+                                          ("--quantize-embeddings", quantize_embeddings),
+                                          ("--accuracy-level", accuracy_level is not None)) if value]
+        if given:
+            raise LinexportError(f"{', '.join(given)} set without --quantize: add --quantize int8 or int4")
+        return None
+    from linexport.export.quantize import QuantOptions
+
+    return QuantOptions(scheme, quant_format, block_size, quantize_embeddings, accuracy_level)
+
+
 def backend_options(fn):
     """--backend and --device, shared by the commands that run an export."""
     fn = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,

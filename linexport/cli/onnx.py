@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from linexport.cli.common import demo_checkpoint, model_option
+from linexport.cli.common import demo_checkpoint, model_option, quant_options_from, quantize_options
 from linexport.contract.op_spec import DEFAULT_LOWERING, LOWERINGS
 
 
@@ -23,7 +23,9 @@ from linexport.contract.op_spec import DEFAULT_LOWERING, LOWERINGS
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Activation precision; recurrent states stay fp32.")
 @click.option("--full-logits", is_flag=True, help="prefill returns logits for every position [B, T, V].")
-def command(model: Path | None, out: Path, lowering: str, opset: int | None, dtype: str, full_logits: bool):
+@quantize_options
+def command(model: Path | None, out: Path, lowering: str, opset: int | None, dtype: str, full_logits: bool,
+            **quant):
     """Export a checkpoint (default: the bundled demo model) to OUT/{prefill,decode}.onnx."""
     from linexport.export.exporter import export_checkpoint
 
@@ -33,6 +35,15 @@ def command(model: Path | None, out: Path, lowering: str, opset: int | None, dty
         click.echo(f"[{time.perf_counter() - start:6.1f}s] {message}", err=True)
 
     manifest = export_checkpoint(model or demo_checkpoint(), out, lowering=lowering, opset=opset,
-                                 dtype=dtype, full_logits=full_logits, log=log)
+                                 dtype=dtype, full_logits=full_logits, log=log, quantize=quant_options_from(**quant))
     ops = ", ".join(f"{op}: {how}" for op, how in manifest["lowering"]["ops"].items())
-    click.echo(f"exported {manifest['arch']} ({dtype}, opset {manifest['opset']}, {ops}) to {out}")
+    click.echo(f"exported {manifest['arch']} ({dtype}{quant_summary(manifest)}, opset {manifest['opset']}, "
+               f"{ops}) to {out}")
+
+
+def quant_summary(manifest: dict) -> str:
+    q = manifest.get("quantization")
+    if not q:
+        return ""
+    block = f"block {q['block_size']}" if q["block_size"] else "per channel"
+    return f", {q['scheme']} {q['format']} weights ({block})"

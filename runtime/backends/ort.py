@@ -79,6 +79,11 @@ def load_session(path: Path, threads: int = 0, providers=("CPUExecutionProvider"
     # Warnings are expected noise here: for an fp16 graph ORT warns about every node it cannot
     # constant-fold or place, on every load. Errors still show.
     opts.log_severity_level = 3
+    # A QDQ-quantized graph (export/quantize.py) is run as written: ONNX Runtime fuses each
+    # DequantizeLinear + MatMul into MatMulNBits, by default with int8 activations (accuracy
+    # level 4), which quantizes each prefill row differently from a decode step's; level 0
+    # computes in the activations' precision, as the graph says (and TensorRT's weight-only GEMM).
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if threads:
         opts.intra_op_num_threads = threads
     try:

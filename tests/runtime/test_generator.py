@@ -200,3 +200,25 @@ def test_runtime_imports_neither_torch_nor_onnx():
             "bad = [m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_full_logits_export_generates_as_the_default_export(runtime_exports, tmp_path):
+    """A --full-logits prefill returns [B, T, V]: ingestion takes each row's last real token
+    (prompts of different lengths, in chunks that end mid-prompt)."""
+    from linexport.export.exporter import export_checkpoint
+    from linexport.models.checkpoint import save_checkpoint
+
+    path, model = runtime_exports["linear"]
+    save_checkpoint(model, tmp_path / "m.pt")
+    export_checkpoint(tmp_path / "m.pt", tmp_path / "full", full_logits=True)
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7], [1, 8, 2, 8, 1]]
+    runs = []
+    for out in (path, tmp_path / "full"):
+        gen = Generator(Model(out, num_slots=3, prefill_chunk=3))
+        seqs = gen.add_many(prompts, SamplingParams(max_new_tokens=6))
+        while not gen.is_done():
+            gen.step()
+        runs.append([s.generated for s in seqs])
+    assert runs[0] == runs[1]
+    for prompt, generated in zip(prompts, runs[0]):
+        assert generated == torch_greedy(model, prompt, 6)
