@@ -114,11 +114,11 @@ def build_engines(out, options: EngineOptions = EngineOptions(),
     manifest = load_manifest(out)
     _check_writable(out)  # before minutes of building, not after
     report = BuildReport(manifest)
+    _check_quantization(manifest, out)  # before a re-export, which would keep the format
     if options.precision and options.precision != manifest["precision"]:
         report.reexported = _reexport(out, manifest, options.precision, log)
         manifest = report.manifest = load_manifest(out)
     _check_lowering(manifest, options.target, out)
-    _check_quantization(manifest, out)
 
     plugin = _load_plugin(trt, manifest, options, log)
     cache = _read_timing_cache(options, log)

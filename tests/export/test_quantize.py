@@ -193,9 +193,11 @@ def test_quantize_command_and_trt_refusal(float_exports, tmp_path):
     result = CliRunner().invoke(main, ["quantize", str(float_exports["linear"]), "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "expected --quantize int8 or --quantize int4" in result.output
     pytest.importorskip("tensorrt_rtx", reason="pip install tensorrt-rtx-cu13 to run the TensorRT check")
-    result = CliRunner().invoke(main, ["trt", str(out), "--target", "rtx"])
-    assert result.exit_code == 2
-    assert "TensorRT cannot parse" in result.output and "--quant-format QDQ" in result.output
+    for extra in ([], ["--fp16"]):  # refused before a re-export at another precision, too
+        result = CliRunner().invoke(main, ["trt", str(out), "--target", "rtx", *extra])
+        assert result.exit_code == 2
+        assert "TensorRT cannot parse" in result.output and "--quant-format QDQ" in result.output
+        assert load_manifest(out)["precision"] == "fp32" and "engines" not in load_manifest(out)
 
 
 # -- TensorRT-RTX builds the QDQ graphs (on the CPU) ------------------------------------------

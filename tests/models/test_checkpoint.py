@@ -152,7 +152,9 @@ def test_failed_save_leaves_previous_checkpoint(model, tmp_path, monkeypatch):
 
 
 def _measure_load(path) -> str:
-    """Loads ``path`` in a fresh process; returns 'error: <message> | rss_mib=<peak RSS>'."""
+    """Loads ``path`` in a fresh process; returns 'error: <message> | rss_mib=<peak RSS>'. The
+    peak is the new process's own (Linux: VmHWM of its address space): getrusage's ru_maxrss
+    carries over fork + exec, so it would report pytest's own peak whenever that is larger."""
     import subprocess
     import sys
 
@@ -163,7 +165,11 @@ def _measure_load(path) -> str:
             f"    load_checkpoint({str(path)!r}); out = 'loaded'\n"
             "except LinexportError as e:\n"
             "    out = 'error: ' + str(e)\n"
-            "print(out, '| rss_mib=%d' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024))\n")
+            "try:\n"
+            "    hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+            "except OSError:\n"
+            "    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print(out, '| rss_mib=%d' % (hwm // 1024))\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
 
 
