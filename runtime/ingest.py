@@ -44,8 +44,6 @@ def ingest(backend, rows: Sequence[Sequence[int]], slots: Sequence[int], positio
         for i, row in enumerate(active):
             ids[i, :take[i]] = rows[row][start:start + take[i]]
         out = backend.prefill(ids, take, slots[active], positions[active] + start)
-        if out.ndim == 3:  # a --full-logits export: [rows, T, V]; each row's last real token
-            out = out[np.arange(len(active)), take - 1]
         logits[active] = out
         if progress is not None:
             progress(int(take.sum()))

@@ -158,6 +158,15 @@ def _integral(values) -> bool:
     return arr.dtype.kind in "iu" or (arr.size == 0 and arr.dtype.kind == "f")
 
 
+def last_token_logits(logits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A prefill graph's logits as ``Backend.prefill`` returns them, [n, V] fp32: a
+    ``--full-logits`` graph's [n, T, V] cut to each row's last new token (row 0 of T where a
+    row has none: unspecified, as the contract says)."""
+    if logits.ndim == 3:
+        logits = logits[np.arange(len(lengths)), np.maximum(lengths - 1, 0)]
+    return logits.astype(np.float32, copy=False)
+
+
 def contiguous_run(slots: np.ndarray) -> int | None:
     """The first slot if ``slots`` is ``start, start+1, ..., start+n-1`` (in that order), else None."""
     start = int(slots[0])

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend, check_pool_size, checked_state, contiguous_run
+from linexport.runtime.backends.base import (Backend, check_pool_size, checked_state, contiguous_run,
+                                              last_token_logits)
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -159,7 +160,7 @@ class OrtBackend(Backend):
             pool = self._place(int(slot))
             for name in self.state_names:
                 self._io.write_row(pool[name], int(slot), result[f"present.{name}"][row])
-        return result["logits"].astype(np.float32, copy=False)
+        return last_token_logits(result["logits"], lengths)
 
     def decode(self, slots, input_ids, positions):
         slots, ids, pos = self._check_decode_args(slots, input_ids, positions)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from linexport.errors import LinexportError
-from linexport.runtime.backends.base import Backend, check_pool_size, checked_values
+from linexport.runtime.backends.base import Backend, check_pool_size, checked_values, last_token_logits
 from linexport.runtime.backends.ort import _NP_TYPES, open_sessions
 
 INITIAL_CAPACITY = 64  # cached tokens per slot before the first doubling
@@ -69,7 +69,7 @@ class OrtKvCacheBackend(Backend):
                 cut = self._along(name, slice(0, n))
                 self._pools[name][(slot, *cut)] = result[f"present.{name}"][(row, *cut)]
             self._lengths[slot] = n
-        return result["logits"].astype(np.float32, copy=False)
+        return last_token_logits(result["logits"], lengths)
 
     def decode(self, slots, input_ids, positions):
         slots, ids, positions = self._check_decode_args(slots, input_ids, positions)

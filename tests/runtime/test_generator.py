@@ -220,5 +220,10 @@ def test_full_logits_export_generates_as_the_default_export(runtime_exports, tmp
             gen.step()
         runs.append([s.generated for s in seqs])
     assert runs[0] == runs[1]
+    backend = Model(tmp_path / "full", num_slots=3).backend  # the backend contract: [n, V]
+    ids = np.zeros((3, 8), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = p
+    assert backend.prefill(ids, np.array([len(p) for p in prompts]), [0, 1, 2]).shape == (3, backend.vocab_size)
     for prompt, generated in zip(prompts, runs[0]):
         assert generated == torch_greedy(model, prompt, 6)
