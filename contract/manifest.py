@@ -80,6 +80,12 @@ QUANT_SCHEMES = {"int8": 8, "int4": 4}  # --quantize -> weight bits
 QUANT_FORMATS = ("MatMulNBits", "QDQ")  # ONNX Runtime's contrib op / DequantizeLinear (TensorRT)
 QUANT_QDQ_BLOCK_SIZES = (64, 128)  # int4 QDQ: the block sizes TensorRT's int4 weight-only GEMM takes
 QUANT_MIN_OPSET = {"MatMulNBits": 1, "QDQ": 21}
+INT4_TENSOR_OPSET = 21  # int4 tensors (QDQ weights, a quantized embedding table) are opset 21's
+
+
+def quant_min_opset(fmt: str, weights) -> int:
+    """The lowest opset a graph with ``fmt`` weights of the ops ``weights`` may have."""
+    return max(QUANT_MIN_OPSET.get(fmt, 1), INT4_TENSOR_OPSET if "Gather" in weights else 1)
 
 _REQUIRED = {"format": str, "format_version": int, "arch": str, "config": dict, "vocab_size": int,
              "tokenizer": dict, "precision": str, "opset": int, "full_logits": bool,
@@ -334,7 +340,7 @@ def _validate_quantization(q, data: dict, fail):
     nodes = q["nodes"]
     if not (isinstance(nodes, dict) and set(nodes) == set(GRAPHS) and all(is_int(v) and v >= 1 for v in nodes.values())):
         fail(f"expected quantization.nodes as {{prefill, decode: quantized-weight nodes >= 1}}, got {nodes!r}")
-    floor = max(QUANT_MIN_OPSET[q["format"]], 21 if "Gather" in weights else 1)  # int4 tables are opset 21's
+    floor = quant_min_opset(q["format"], weights)
     if data["opset"] < floor:
         fail(f"expected opset >= {floor} for {q['format']} weights {weights}, got {data['opset']}")
 
@@ -392,9 +398,7 @@ def reexport_command(data: dict, where: str = MANIFEST_NAME) -> str:
         parts.append(f"--lowering {lowering['option']}")
     quant = data.get("quantization") if isinstance(data.get("quantization"), dict) else None
     if field(data.get("opset"), int):
-        floor = 1
-        if quant:
-            floor = max(QUANT_MIN_OPSET.get(quant.get("format"), 1), 21 if quant.get("embeddings") else 1)
+        floor = quant_min_opset(quant.get("format"), quant.get("weights") or []) if quant else 1
         parts.append(f"--opset {max(data['opset'], floor)}")
     if data.get("full_logits") is True:
         parts.append("--full-logits")

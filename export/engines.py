@@ -33,7 +33,7 @@ from pathlib import Path
 
 from linexport.errors import LinexportError
 from linexport.contract.manifest import (MANIFEST_NAME, load_manifest, reexport_command, update_manifest)
-from linexport.export.quantize import options_from_record
+from linexport.export.quantize import options_from_record, record
 from linexport.files import atomic_write, file_sha256
 from linexport.tensorrt_flavours import TARGETS, import_tensorrt
 
@@ -201,9 +201,8 @@ def _check_quantization(manifest: dict, out: Path):
     """MatMulNBits is ONNX Runtime's contrib op: no TensorRT parser knows it."""
     quant = manifest.get("quantization")
     if quant and quant["format"] != "QDQ":
-        command = reexport_command({**manifest, "quantization": {**quant, "format": "QDQ", "accuracy_level": 0,
-                                                                  "block_size": 128 if quant["scheme"] == "int4"
-                                                                  else None}}, str(out / MANIFEST_NAME))
+        qdq = options_from_record({**quant, "format": "QDQ", "block_size": None, "accuracy_level": None}).checked()
+        command = reexport_command({**manifest, "quantization": record(qdq, quant["nodes"])}, str(out / MANIFEST_NAME))
         raise LinexportError(f"{out} holds {quant['scheme']} {quant['format']} weights, ONNX Runtime's own op, "
                              f"which TensorRT cannot parse; TensorRT takes QDQ weights: {command}")
 

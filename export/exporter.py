@@ -70,11 +70,11 @@ def export_checkpoint(checkpoint, out, lowering: str = op_spec.DEFAULT_LOWERING,
 
     if quantize is not None:
         quantize = quantize.checked()
-        if quantize.format == "QDQ":
-            if opset is not None and opset < QDQ_MIN_OPSET:
-                raise LinexportError(f"expected --opset {QDQ_MIN_OPSET} or higher with --quant-format QDQ "
-                                     f"(int4 tensors and blocked DequantizeLinear), got {opset}")
-            opset = max(opset or op_spec.DEFAULT_OPSET.get(lowering, QDQ_MIN_OPSET), QDQ_MIN_OPSET)
+        # The quantizer moves the graphs to the opset the weights need (quantize_graph); an
+        # explicit lower --opset is a contradiction.
+        if quantize.format == "QDQ" and opset is not None and opset < QDQ_MIN_OPSET:
+            raise LinexportError(f"expected --opset {QDQ_MIN_OPSET} or higher with --quant-format QDQ "
+                                 f"(int4 tensors and blocked DequantizeLinear), got {opset}")
     opset = check_options(lowering, opset, dtype)
     out = Path(out).absolute()
     checkpoint = Path(checkpoint).absolute()

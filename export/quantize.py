@@ -29,11 +29,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from linexport.errors import LinexportError
-from linexport.contract.manifest import (QUANT_FORMATS, QUANT_SCHEMES,
-                                         quant_block_size_error)
+from linexport.contract.manifest import (INT4_TENSOR_OPSET, QUANT_FORMATS, QUANT_SCHEMES,
+                                         quant_block_size_error, quant_min_opset)
 from linexport.export.opset import convert_opset, opset_of
 
-QDQ_MIN_OPSET = 21  # int4 tensors and DequantizeLinear's block_size
+QDQ_MIN_OPSET = INT4_TENSOR_OPSET  # int4 tensors and DequantizeLinear's block_size
 DEFAULT_BLOCK_SIZE = {("int4", "MatMulNBits"): 32, ("int8", "MatMulNBits"): 32, ("int4", "QDQ"): 128,
                       ("int8", "QDQ"): None}
 # MatMulNBits' compute type: int4 in the activations' precision (weight-only: prefill and decode
@@ -43,6 +43,7 @@ DEFAULT_BLOCK_SIZE = {("int4", "MatMulNBits"): 32, ("int8", "MatMulNBits"): 32, 
 DEFAULT_ACCURACY_LEVEL = {"int4": 0, "int8": 4}
 # What each format's quantized weight looks like in the graph (counted into the manifest).
 QUANTIZED_OPS = {"MatMulNBits": ("MatMulNBits", "GatherBlockQuantized"), "QDQ": ("DequantizeLinear",)}
+_ANY_QUANTIZED_OP = frozenset(op for ops in QUANTIZED_OPS.values() for op in ops)
 _QUANTIZER_LOGGERS = ("onnxruntime.quantization.matmul_nbits_quantizer", "onnx_ir")
 
 
@@ -81,7 +82,7 @@ def record(options: QuantOptions, nodes: dict[str, int]) -> dict:
     """The manifest's ``quantization`` entry (contract/manifest.py validates it)."""
     import onnxruntime
 
-    ops = ["MatMul", "Gather"] if _quantizes_gather(options) else ["MatMul"]
+    ops = quantized_weights(options)
     return {"scheme": options.scheme, "bits": QUANT_SCHEMES[options.scheme], "format": options.format,
             "block_size": options.block_size, "symmetric": True, "accuracy_level": options.accuracy_level,
             "weights": ops, "embeddings": options.embeddings,
@@ -98,24 +99,23 @@ def options_from_record(record: dict) -> QuantOptions:
 def quantize_graph(model: onnx.ModelProto, options: QuantOptions) -> tuple[onnx.ModelProto, int]:
     """``model`` with its projections' weights quantized as ``options`` (checked) says; returns
     (the new model, the number of quantized-weight nodes in it)."""
-    found = [n.op_type for n in model.graph.node if n.op_type in {op for ops in QUANTIZED_OPS.values() for op in ops}]
+    found = quantized_op_counts(model)
     if found:
-        raise LinexportError(f"expected a float graph to quantize, got one that already holds {found[0]} "
+        raise LinexportError(f"expected a float graph to quantize, got one that already holds {min(found)} "
                              f"nodes: quantize the float export (re-export without --quantize first)")
     model = _prepare(model, options.embeddings)
     include = _targets(model, options)
     if not include:
         raise LinexportError("found no MatMul with a constant 2-D weight to quantize in the graph; "
                              "export without --quantize")
-    # int4 tensors (QDQ weights, GatherBlockQuantized's table) are opset 21's.
-    if (options.format == "QDQ" or _quantizes_gather(options)) and opset_of(model) < QDQ_MIN_OPSET:
-        model = _raise_opset(model, QDQ_MIN_OPSET)
+    floor = quant_min_opset(options.format, quantized_weights(options))
+    if opset_of(model) < floor:
+        model = _raise_opset(model, floor)
     if options.format == "QDQ" and options.scheme == "int8":
         model = _int8_per_channel_qdq(model, include)
     else:
         model = _nbits(model, options, include)
-    count = sum(1 for n in model.graph.node if n.op_type in QUANTIZED_OPS[options.format])
-    return model, count
+    return model, sum(quantized_op_counts(model).values())
 
 
 def _nbits(model: onnx.ModelProto, options: QuantOptions, include: list[str]) -> onnx.ModelProto:
@@ -303,7 +303,8 @@ def _targets(model: onnx.ModelProto, options: QuantOptions) -> list[str]:
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
-    head = _head_matmuls(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    head = _head_matmuls(producers)
     names = []
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in inits:
@@ -312,9 +313,14 @@ def _targets(model: onnx.ModelProto, options: QuantOptions) -> list[str]:
                 names.append(node.name)
         elif (node.op_type == "Gather" and _quantizes_gather(options) and node.input[0] in inits
               and len(inits[node.input[0]].dims) == 2 and inits[node.input[0]].data_type in _FLOATS
-              and _from_input_ids(model, node)):
+              and _from_input_ids(producers, node)):
             names.append(node.name)
     return names
+
+
+def quantized_weights(options: QuantOptions) -> list[str]:
+    """The ops whose weights ``options`` quantizes (the manifest's ``weights``)."""
+    return ["MatMul", "Gather"] if _quantizes_gather(options) else ["MatMul"]
 
 
 def _quantizes_gather(options: QuantOptions) -> bool:
@@ -322,9 +328,9 @@ def _quantizes_gather(options: QuantOptions) -> bool:
     return options.embeddings and options.scheme == "int4" and options.format == "MatMulNBits"
 
 
-def _head_matmuls(model: onnx.ModelProto) -> set[str]:
-    """The MatMuls first reached walking back from the ``logits`` output."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+def _head_matmuls(producers: dict) -> set[str]:
+    """The MatMuls first reached walking back from the ``logits`` output (``producers``: each
+    value name's node)."""
     heads, seen, todo = set(), set(), ["logits"]
     while todo:
         node = producers.get(todo.pop())
@@ -338,10 +344,9 @@ def _head_matmuls(model: onnx.ModelProto) -> set[str]:
     return heads
 
 
-def _from_input_ids(model: onnx.ModelProto, gather) -> bool:
+def _from_input_ids(producers: dict, gather) -> bool:
     """Whether a Gather's indices come from the graph's ``input_ids`` values (the token embedding;
     decode selects its one token with a Gather first)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
     todo, seen = [gather.input[1]], set()
     while todo:
         name = todo.pop()
@@ -359,9 +364,10 @@ def _raise_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     try:
         return convert_opset(model, target)
     except LinexportError as e:
-        raise LinexportError(f"QDQ quantization needs opset {target} (int4 tensors, blocked "
+        raise LinexportError(f"these quantized weights need opset {target} (int4 tensors, blocked "
                              f"DequantizeLinear): {e}") from None
 
 
 def quantized_op_counts(model: onnx.ModelProto) -> Counter:
-    return Counter(n.op_type for n in model.graph.node if n.op_type in {op for ops in QUANTIZED_OPS.values() for op in ops})
+    """How many nodes of each quantized-weight kind (of any format) ``model``'s graph holds."""
+    return Counter(n.op_type for n in model.graph.node if n.op_type in _ANY_QUANTIZED_OP)
