@@ -91,10 +91,11 @@ def export_checkpoint(checkpoint, out, lowering: str = op_spec.DEFAULT_LOWERING,
     return _write_export(out, fill, log)
 
 
-def _write_export(out: Path, fill: Callable[[Path], dict], log) -> dict:
+def _write_export(out: Path, fill: Callable[[Path], dict], log, marker: str = MANIFEST_NAME) -> dict:
     """Runs ``fill(tmp)`` (-> the manifest) in a temp directory beside ``out``, then publishes
-    that directory as ``out``; a failure anywhere leaves ``out`` as it was."""
-    tmp = _temp_dir_beside(out)
+    that directory as ``out``; a failure anywhere leaves ``out`` as it was. ``out`` may be new,
+    empty or an earlier folder of this kind (one holding ``marker``)."""
+    tmp = _temp_dir_beside(out, marker)
     try:
         manifest = fill(tmp)
         _publish(tmp, out)
@@ -261,15 +262,15 @@ def _weight_bytes(proto: onnx.ModelProto) -> int:
 
 
 # -- the output directory ---------------------------------------------------------------------
-def _temp_dir_beside(out: Path) -> Path:
+def _temp_dir_beside(out: Path, marker: str = MANIFEST_NAME) -> Path:
     if out.exists() and not out.is_dir():
         raise LinexportError(f"expected -o to name a directory (or a new path), got the file {out}")
     # A killed earlier run may have left its temp directory (or, mid-swap, the previous export)
     # beside OUT: clean up / restore before looking at OUT.
     clean_stale(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).exists():
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
         raise LinexportError(f"expected -o to be a new or empty directory or a previous export, got {out}, "
-                             f"which holds other files (no {MANIFEST_NAME}); choose another -o")
+                             f"which holds other files (no {marker}); choose another -o")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return temp_dir_beside(out)

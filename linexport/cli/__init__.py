@@ -26,10 +26,10 @@ def main():
 
 
 def _register():
-    from linexport.cli import (bench, chat, compare, convert, demo, generate, onnx, quantize, sample, train, trt,
-                               verify)
+    from linexport.cli import (bench, chat, compare, convert, demo, genai, generate, onnx, quantize, sample, train,
+                               trt, verify)
 
-    for module in (demo, onnx, quantize, verify, trt, compare, generate, chat, bench, sample, train, convert):
+    for module in (demo, onnx, quantize, genai, verify, trt, compare, generate, chat, bench, sample, train, convert):
         main.add_command(module.command)
 
 

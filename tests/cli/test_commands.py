@@ -16,7 +16,7 @@ from linexport.models.train import corpus_split, evaluate, split_digest
 def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for name in ("onnx", "quantize", "verify", "trt", "compare", "generate", "chat", "bench", "demo", "sample",
+    for name in ("onnx", "quantize", "genai", "verify", "trt", "compare", "generate", "chat", "bench", "demo", "sample",
                  "train", "convert"):
         assert f"  {name} " in result.output, name
 
