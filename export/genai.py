@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from linexport.errors import LinexportError
-from linexport.export.exporter import _save_graph, _write_export, source_record
+from linexport.export.exporter import EXTERNAL_DATA_THRESHOLD, _save_graph, _write_export, check_options
 from linexport.export.graphs import _EXAMPLE_BATCH, _example_rng, _export, _name_dims
 from linexport.export.lowerings import apply_lowering
 from linexport.export.tokenizer import export_genai_tokenizer
@@ -227,7 +227,6 @@ def export_genai(checkpoint, out, dtype: str = "fp32", opset: int | None = None,
                  pad_token_id: int | None = None, eos_token_id: int | None = None, bos_token_id: int | None = None,
                  threads: int | None = None, log: Callable[[str], None] = lambda message: None) -> dict:
     """Writes the genai folder of ``checkpoint`` into ``out`` (atomically); returns its genai_config."""
-    from linexport.export.exporter import check_options
     from linexport.models.checkpoint import load_checkpoint
 
     opset = check_options("function", opset, dtype)
@@ -240,8 +239,10 @@ def export_genai(checkpoint, out, dtype: str = "fp32", opset: int | None = None,
         model, meta = load_checkpoint(checkpoint)
         layout = genai_layout(model)  # refuses a model genai cannot hold before anything is traced
         vocab = int(model.config.vocab_size)
-        tokens = export_genai_tokenizer(meta.get("tokenizer"), Path(source_record(checkpoint)["checkpoint"]).parent,
-                                        tmp, vocab, pad_token_id, eos_token_id, bos_token_id)
+        # A tokenizer file is named relative to the checkpoint's folder (a folder checkpoint: itself).
+        base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        tokens = export_genai_tokenizer(meta.get("tokenizer"), base, tmp, vocab, pad_token_id, eos_token_id,
+                                        bos_token_id)
         tokens["context_length"] = int(context_length)
         model = model.eval()
         if dtype == "fp16":
@@ -251,7 +252,7 @@ def export_genai(checkpoint, out, dtype: str = "fp32", opset: int | None = None,
         with torch.no_grad():
             proto = trace_genai(model, opset)
         log(f"  traced in {time.perf_counter() - start:.1f}s")
-        _save_graph(proto, tmp, GRAPH_FILE.removesuffix(".onnx"), 2**31 - 2**26)
+        _save_graph(proto, tmp, GRAPH_FILE.removesuffix(".onnx"), EXTERNAL_DATA_THRESHOLD)
         config = genai_config(model, layout, tokens, threads)
         (tmp / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return config

@@ -24,7 +24,7 @@ from linexport.export.genai import (GENAI_CONFIG, GRAPH_FILE, LayerLayout, expor
                                     io_names)
 from linexport.export.tokenizer import byte_level_symbols
 from linexport.models import build_model
-from linexport.models.checkpoint import load_checkpoint, save_checkpoint
+from linexport.models.checkpoint import save_checkpoint
 from linexport.models.registry import ARCHS
 from linexport.runtime.generator import Generator
 from linexport.runtime.model import Model
@@ -258,7 +258,6 @@ def test_a_json_tokenizer_travels_with_its_special_tokens(tmp_path):
     config = dict(ARCHS["linear"].test_config, vocab_size=67)
     save_checkpoint(build_model("linear", config), tmp_path / "m.pt",
                     tokenizer={"type": "json", "file": "tokenizer.json"})
-    load_checkpoint(tmp_path / "m.pt")
     config = export_genai(tmp_path / "m.pt", tmp_path / "g")["model"]
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (64, 65, 66)
     assert (tmp_path / "g" / "tokenizer.json").read_bytes() == (tmp_path / "tokenizer.json").read_bytes()
