@@ -241,8 +241,9 @@ def export_genai(checkpoint, out, dtype: str = "fp32", opset: int | None = None,
         vocab = int(model.config.vocab_size)
         # A tokenizer file is named relative to the checkpoint's folder (a folder checkpoint: itself).
         base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        recorded = ((meta.get("extra") or {}).get("converted_from") or {}).get("special_tokens")
         tokens = export_genai_tokenizer(meta.get("tokenizer"), base, tmp, vocab, pad_token_id, eos_token_id,
-                                        bos_token_id)
+                                        bos_token_id, recorded if isinstance(recorded, dict) else None)
         tokens["context_length"] = int(context_length)
         model = model.eval()
         if dtype == "fp16":

@@ -9,7 +9,8 @@ The traced graph holds the bare node (the op spec, contract/op_spec.py). From it
   body is chunked; the decode graph's is the one-token recurrence (its T is always 1).
 - ``standard``: each node is replaced by ONNX opset-27 ``LinearAttention`` with a ones column
   appended to each head's value (so the normaliser z is the last state column and the state
-  layout [B, H, Dk, Dv+1] is unchanged), then numerator / (denominator + eps).
+  layout [B, H, Dk, Dv+1] is unchanged), then numerator / (denominator + eps); the unnormalised
+  form (``normalize`` = 0) is ``LinearAttention`` as it is, state [B, H, Dk, Dv].
 
 The op's body and rewrite live with the op (export/ops/causal_linear_attention.py); this
 module only applies them to a graph.
@@ -21,8 +22,8 @@ import onnx
 
 from linexport.contract import op_spec
 from linexport.errors import LinexportError
-from linexport.export.ops.causal_linear_attention import (attention_nodes, function_proto, is_node,
-                                                          standard_nodes, step_function_proto)
+from linexport.export.ops.causal_linear_attention import (attention_nodes, function_proto, graph_normalize,
+                                                          is_node, standard_nodes, step_function_proto)
 
 __all__ = ["apply_lowering", "attention_nodes", "default_opset", "function_body", "function_proto",
            "with_function_body"]
@@ -32,11 +33,11 @@ __all__ = ["apply_lowering", "attention_nodes", "default_opset", "function_body"
 GRAPHS = ("prefill", "decode")
 
 
-def function_body(graph: str, chunk: int, opset: int) -> onnx.FunctionProto:
+def function_body(graph: str, chunk: int, opset: int, normalize: bool = True) -> onnx.FunctionProto:
     """The ``function`` lowering's body for ``graph``: chunked (chunk ``chunk``) for prefill,
-    the one-token recurrence for decode."""
+    the one-token recurrence for decode; of the normalised form or the unnormalised one."""
     assert graph in GRAPHS, graph
-    return step_function_proto(opset) if graph == "decode" else function_proto(chunk, opset)
+    return step_function_proto(opset, normalize) if graph == "decode" else function_proto(chunk, opset, normalize)
 
 
 def apply_lowering(model: onnx.ModelProto, lowering: str, chunk: int, graph: str) -> onnx.ModelProto:
@@ -50,7 +51,7 @@ def apply_lowering(model: onnx.ModelProto, lowering: str, chunk: int, graph: str
         return model
     if lowering == "function":
         if attention_nodes(model):
-            model.functions.append(function_body(graph, chunk, opset))
+            model.functions.append(function_body(graph, chunk, opset, graph_normalize(model)))
         return model
     # standard
     new_nodes = []
@@ -71,7 +72,7 @@ def with_function_body(model: onnx.ModelProto, chunk: int, graph: str) -> onnx.M
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     if not any(f.domain == op_spec.DOMAIN and f.name == op_spec.OP_TYPE for f in copy.functions):
-        copy.functions.append(function_body(graph, chunk, default_opset(copy)))
+        copy.functions.append(function_body(graph, chunk, default_opset(copy), graph_normalize(copy)))
     return copy
 
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from linexport.errors import LinexportError
-from linexport.files import file_sha256
+from linexport.files import check_tokenizer_json, file_sha256
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -36,23 +36,9 @@ def export_tokenizer(spec: dict | None, checkpoint_dir: Path, out: Path) -> dict
     if not source.is_file():
         raise LinexportError(f"expected the tokenizer file {source} (named by the checkpoint) to exist; "
                              "put it beside the checkpoint or fix the checkpoint's tokenizer.file")
-    _check_json(source)
+    check_tokenizer_json(source)
     shutil.copyfile(source, out / TOKENIZER_FILE)
     return {"type": "json", "file": TOKENIZER_FILE, "sha256": file_sha256(out / TOKENIZER_FILE)}
-
-
-def _check_json(path: Path):
-    """A tokenizer.json must at least be a JSON object: refuse garbage at export, not at run time."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LinexportError(f"expected {path} to be a tokenizer.json, got unreadable JSON "
-                             f"({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict) or "model" not in data:
-        raise LinexportError(f"expected {path} to be a Hugging Face tokenizer.json (an object with a "
-                             "'model'), got something else")
 
 
 # -- onnxruntime-genai's tokenizer ------------------------------------------------------------
@@ -89,11 +75,14 @@ def byte_level_tokenizer_json() -> dict:
 
 
 def export_genai_tokenizer(spec: dict | None, checkpoint_dir: Path, out: Path, vocab_size: int,
-                           pad_token_id: int | None, eos_token_id: int | None, bos_token_id: int | None) -> dict:
+                           pad_token_id: int | None, eos_token_id: int | None, bos_token_id: int | None,
+                           recorded: dict | None = None) -> dict:
     """Writes the tokenizer genai loads (tokenizer.json + tokenizer_config.json) into ``out``;
-    returns the special token ids for genai_config.json. The bytes tokenizer has no special
-    tokens, and genai needs each id inside the vocabulary: byte 0 (NUL), which text does not
-    hold, pads and ends a sequence unless others are given."""
+    returns the special token ids for genai_config.json: those given, else those the checkpoint
+    ``recorded`` (a converted model's own config: {"eos_token_id": ..., ...}, None where unset;
+    pad falls back to eos), else the tokenizer's by their usual names. The bytes tokenizer has
+    no special tokens, and genai needs each id inside the vocabulary: byte 0 (NUL), which text
+    does not hold, pads and ends a sequence unless others are given."""
     import json
 
     kind = (spec or {}).get("type", "bytes")
@@ -104,6 +93,10 @@ def export_genai_tokenizer(spec: dict | None, checkpoint_dir: Path, out: Path, v
     else:
         export_tokenizer(spec, checkpoint_dir, out)  # copies and checks tokenizer.json
         defaults = _special_ids(json.loads((out / TOKENIZER_FILE).read_text(encoding="utf-8")))
+    own = {k: v for k, v in (recorded or {}).items() if k in defaults and isinstance(v, int) and not isinstance(v, bool)}
+    if "eos_token_id" in own and "pad_token_id" not in own:
+        own["pad_token_id"] = own["eos_token_id"]
+    defaults.update(own)
     given = {"pad_token_id": pad_token_id, "eos_token_id": eos_token_id, "bos_token_id": bos_token_id}
     ids = {k: int(v if v is not None else defaults[k]) for k, v in given.items()}
     for name, value in ids.items():

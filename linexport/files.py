@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from linexport.errors import LinexportError
+
 _MARK = "linexport"
 
 
@@ -162,3 +164,19 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_tokenizer_json(path) -> None:
+    """A Hugging Face tokenizer.json must at least be a JSON object with a ``model``: garbage is
+    refused where it enters (a conversion, an export), not when a runtime loads it."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LinexportError(f"expected {path} to be a Hugging Face tokenizer.json, got unreadable JSON "
+                             f"({type(e).__name__}: {e}); fix or remove it") from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise LinexportError(f"expected {path} to be a Hugging Face tokenizer.json (an object with a "
+                             "'model'), got something else; fix or remove it")

@@ -92,7 +92,7 @@ def load_trt_plugins(registry, path: str | os.PathLike | None = None) -> Path:
 
 # LinexportDType in causal_linear_attention.h
 _DTYPE_CODES = {"torch.float32": 0, "torch.float16": 1, "torch.bfloat16": 2}
-_ABI_VERSION = 1
+_ABI_VERSION = 2  # 2: the normalize field
 
 
 class _Params(ctypes.Structure):
@@ -114,6 +114,7 @@ class _Params(ctypes.Structure):
         ("head_dim_v", ctypes.c_int32),
         ("dtype", ctypes.c_int32),
         ("eps", ctypes.c_float),
+        ("normalize", ctypes.c_int32),
     ]
 
 
@@ -136,12 +137,14 @@ class CausalLinearAttentionKernels:
         self._lib.linexport_cla_forward.restype = ctypes.c_int
         self._lib.linexport_cla_forward.argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p]
 
-    def forward(self, q, k, v, past_state=None, eps: float = 1e-6, lengths=None, out=None, present_state=None):
+    def forward(self, q, k, v, past_state=None, eps: float = 1e-6, lengths=None, out=None, present_state=None,
+                normalize: bool = True):
         """Causal linear attention on the current CUDA stream.
 
         q, k: [B, T, H, Dk] and v: [B, T, H, Dv] (last dim contiguous; float32/float16/bfloat16,
-        all one dtype); past_state: [B, H, Dk, Dv+1] float32 contiguous or None (zeros);
-        lengths: [B] int32 or None. Returns (o [B, T, H, Dv] in v's dtype, present_state fp32).
+        all one dtype); past_state: [B, H, Dk, W] float32 contiguous or None (zeros), W = Dv + 1
+        (``normalize``) or Dv (the unnormalised form); lengths: [B] int32 or None. Returns
+        (o [B, T, H, Dv] in v's dtype, present_state fp32).
         """
         import torch  # the caller has it: the arguments are torch tensors
 
@@ -156,11 +159,12 @@ class CausalLinearAttentionKernels:
                 raise LinexportError(f"expected {name} on CUDA with a contiguous last dimension")
         if out is None:
             out = torch.empty(B, T, H, Dv, dtype=v.dtype, device=v.device)
+        W = Dv + 1 if normalize else Dv
         if present_state is None:
-            present_state = torch.empty(B, H, Dk, Dv + 1, dtype=torch.float32, device=v.device)
+            present_state = torch.empty(B, H, Dk, W, dtype=torch.float32, device=v.device)
         if past_state is not None and (past_state.dtype != torch.float32 or not past_state.is_contiguous()
-                                       or tuple(past_state.shape) != (B, H, Dk, Dv + 1)):
-            raise LinexportError(f"expected past_state float32 contiguous [{B}, {H}, {Dk}, {Dv + 1}], got {past_state.dtype} {tuple(past_state.shape)}")
+                                       or tuple(past_state.shape) != (B, H, Dk, W)):
+            raise LinexportError(f"expected past_state float32 contiguous [{B}, {H}, {Dk}, {W}], got {past_state.dtype} {tuple(past_state.shape)}")
         if lengths is not None:
             lengths = lengths.to(device=v.device, dtype=torch.int32).contiguous()
         p = _Params(
@@ -169,7 +173,7 @@ class CausalLinearAttentionKernels:
             present_state=present_state.data_ptr(),
             lengths=None if lengths is None else lengths.data_ptr(),
             batch=B, seq_len=T, num_heads=H, head_dim_k=Dk, head_dim_v=Dv,
-            dtype=_DTYPE_CODES[str(q.dtype)], eps=eps,
+            dtype=_DTYPE_CODES[str(q.dtype)], eps=eps, normalize=1 if normalize else 0,
         )
         for name, t in (("q", q), ("k", k), ("v", v), ("o", out)):
             setattr(p, f"{name}_stride_b", t.stride(0))

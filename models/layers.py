@@ -30,6 +30,20 @@ class MLP(nn.Module):
         return self.proj(torch.nn.functional.gelu(self.fc(x), approximate="tanh"))
 
 
+class SwiGLU(nn.Module):
+    """The gated MLP of LLaMA-style models (and fla's GatedMLP): down(silu(gate(x)) ⊙ up(x)),
+    bias-free."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
 def rotary_angles(positions: torch.Tensor, dim: int, base: float):
     """positions [...] int64 -> (cos, sin) [..., dim // 2] fp32 for the first 2*(dim//2) dims."""
     half = dim // 2
@@ -97,32 +111,45 @@ def token_shift_step(normed: torch.Tensor, prev: torch.Tensor):
 
 class RotaryQKV(nn.Module):
     """The fused bias-free q/k/v projection (rotary on q and k) and output projection that the
-    linear and softmax archs share, so their attention differs only in what it does with them."""
+    linear and softmax archs share, so their attention differs only in what it does with them.
+
+    The config's ``kv_heads()`` and ``value_head_dim()`` size k and v (grouped-query attention,
+    value heads wider or narrower than key heads: the linear arch's options); by default both
+    are n_heads and head_dim, and q, k, v come out of one [B, T, 3, H, D] view."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
-        inner = config.n_heads * config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
-        self.out = nn.Linear(inner, config.d_model, bias=False)
-        self.register_buffer("rotary_partner", rotary_partner(config.head_dim, 2 * config.n_heads), persistent=False)
+        H, D, Hkv, Dv = config.n_heads, config.head_dim, config.kv_heads(), config.value_head_dim()
+        self.sizes = [H * D, Hkv * D, Hkv * Dv]  # q | k | v in the fused projection's output
+        self.uniform = Hkv == H and Dv == D
+        self.qkv = nn.Linear(config.d_model, sum(self.sizes), bias=False)
+        self.out = nn.Linear(H * Dv, config.d_model, bias=False)
+        self.register_buffer("rotary_partner", rotary_partner(D, H + Hkv), persistent=False)
 
     def _qkv(self, x, cos, sin):
-        """x [B, T, C] -> q, k, v each [B, H, T, D] (q and k rotated when cos is given)."""
+        """x [B, T, C] -> q [B, H, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] (q and k rotated
+        when cos is given)."""
         B, T, _ = x.shape
-        H, D = self.config.n_heads, self.config.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        c = self.config
+        H, D = c.n_heads, c.head_dim
+        if self.uniform:
+            q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+            q = q.view(B, T, H, D).transpose(1, 2)
+            k = k.view(B, T, c.kv_heads(), D).transpose(1, 2)
+            v = v.view(B, T, c.kv_heads(), c.value_head_dim()).transpose(1, 2)
         if cos is not None:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
     def _qkv_step(self, x, cos, sin):
         """One token, heads laid flat (what the decode graph runs: no per-head reshapes, q and
-        k rotated together by one gather and two products): x [B, 1, C] -> (qk [B, 1, 2·H·D]
-        (q's heads, then k's), v [B, 1, H·D]). cos/sin from ``step_rotary_tables`` for 2H
-        heads, or None."""
-        inner = self.config.n_heads * self.config.head_dim
-        qk, v = self.qkv(x).split([2 * inner, inner], dim=-1)
+        k rotated together by one gather and two products): x [B, 1, C] -> (qk [B, 1, (H +
+        Hkv)·D] (q's heads, then k's), v [B, 1, Hkv·Dv]). cos/sin from ``step_rotary_tables``
+        for H + Hkv heads, or None."""
+        qk, v = self.qkv(x).split([self.sizes[0] + self.sizes[1], self.sizes[2]], dim=-1)
         if cos is not None:
             qk = qk * cos.to(qk.dtype) + qk.index_select(-1, self.rotary_partner) * sin.to(qk.dtype)
         return qk, v

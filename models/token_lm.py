@@ -9,7 +9,7 @@ its per-layer state. The attention's contract, written once here for every arch:
     forward(x [B, T, C], mask [B, T] bool, cos, sin, state=None) -> (y [B, T, C], {state name: tensor})
     step(x [B, C], {state name: tensor}, position [B], cos, sin) -> (y [B, C], {state name: tensor})
 
-``cos``/``sin`` are the rotary angles [B, 1, T, D/2] (None with learned positions). A
+``cos``/``sin`` are the rotary angles [B, 1, T, D/2] (None with learned positions or none). A
 fixed-size-state attention's ``forward`` continues from ``state`` (None: zeros), the tokens
 sitting at the positions the angles carry; a KV-cache attention starts from an empty cache.
 """
@@ -26,7 +26,7 @@ from linexport.errors import LinexportError
 from linexport.models.base import (PAST_SEQ, CausalLM, StateSpec, check_input_ids, check_position,
                                    length_mask)
 from linexport.models.config import require
-from linexport.models.layers import MLP, RMSNorm, rotary_angles, step_rotary_tables
+from linexport.models.layers import MLP, RMSNorm, SwiGLU, rotary_angles, step_rotary_tables
 
 
 @dataclass
@@ -37,11 +37,12 @@ class TokenLMConfig:
     n_heads: int = 4
     head_dim: int = 64
     d_ff: int = 1024
-    pos_emb: Literal["rotary", "learned"] = "rotary"
+    pos_emb: Literal["rotary", "learned", "none"] = "rotary"  # "none": no positions (fla's linear_attn)
     rotary_base: float = 10000.0
     max_seq_len: int = 4096  # learned positions only; rotary has no limit
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # fc/proj GELU MLP, or gate/up/down SwiGLU of d_ff
 
     # The fields that must be >= 1; a subclass appends its own.
     positive_fields: ClassVar[tuple[str, ...]] = (
@@ -51,6 +52,14 @@ class TokenLMConfig:
         for name in self.positive_fields:
             require(getattr(self, name) >= 1, f"config {type(self).__name__}.{name} must be >= 1, "
                                               f"got {getattr(self, name)}")
+
+    # The attention's key/value sizes (RotaryQKV); an arch with grouped-query attention or value
+    # heads of another width overrides them.
+    def kv_heads(self) -> int:
+        return self.n_heads
+
+    def value_head_dim(self) -> int:
+        return self.head_dim
 
 
 class Block(nn.Module):
@@ -62,7 +71,7 @@ class Block(nn.Module):
         self.norm1 = RMSNorm(config.d_model, config.norm_eps)
         self.attn = attention(config)
         self.norm2 = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = MLP(config.d_model, config.d_ff)
+        self.mlp = (SwiGLU if config.mlp == "swiglu" else MLP)(config.d_model, config.d_ff)
 
     def forward(self, x, mask, cos, sin, state=None):
         a, state = self.attn(self.norm1(self.attn_input(x)), mask, cos, sin, state)
@@ -140,8 +149,8 @@ class TokenLM(CausalLM):
         if self.flat_step:
             x = self._embed_tokens(input_ids[:, None], position[:, None])  # [B, 1, C]
             cos = sin = None
-            if c.pos_emb != "learned":
-                cos, sin = step_rotary_tables(position, c.head_dim, 2 * c.n_heads, c.rotary_base)
+            if c.pos_emb == "rotary":  # q's and k's heads, laid flat
+                cos, sin = step_rotary_tables(position, c.head_dim, c.n_heads + c.kv_heads(), c.rotary_base)
         else:
             x, cos, sin = self.step_inputs(input_ids, position)
         h, new_state = self.block.streams(x), {}
@@ -164,7 +173,7 @@ class TokenLM(CausalLM):
     def parallel_inputs(self, input_ids, lengths, position=None):
         """Checks input_ids [B, T], lengths [B] and position [B] (the first new token's index,
         None: 0); returns (x [B, T, C], mask [B, T] bool, cos, sin [B, 1, T, D/2] — None with
-        learned positions)."""
+        learned positions or none)."""
         c = self.config
         check_input_ids(input_ids, lengths, c.vocab_size, min_length=0 if self.continues else 1)
         B, T = input_ids.shape
@@ -202,10 +211,10 @@ class TokenLM(CausalLM):
         return self.lm_head(self.norm(x))
 
     def _embed(self, input_ids, positions):
-        """-> (x, cos, sin [B, 1, T, D/2], or None with learned positions)."""
+        """-> (x, cos, sin [B, 1, T, D/2], or None with learned positions or none)."""
         c = self.config
         x = self._embed_tokens(input_ids, positions)
-        if c.pos_emb == "learned":
+        if c.pos_emb != "rotary":
             return x, None, None
         cos, sin = rotary_angles(positions, c.head_dim, c.rotary_base)
         return x, cos.unsqueeze(1), sin.unsqueeze(1)

@@ -20,6 +20,11 @@ The function body (all in fp32, whatever the activation dtype), with C the chunk
     o      = u[..., :Dv] / (u[..., Dv] + eps);  present = past + Σ_c kv_c
 
 Nothing is T×T (C×C per chunk, T/C chunks) and there is no Loop or If.
+
+The unnormalised form (the node's ``normalize`` = 0) has no ones column and no division: the
+state is [B, H, Dk, Dv] and o = u. A graph's nodes all share one form (one model config), so
+the lowering attaches the body of that form (``graph_normalize``); the default form's node,
+body and standard ops are what they were before the attribute existed.
 """
 
 from __future__ import annotations
@@ -45,25 +50,39 @@ def translation_table() -> dict:
     from onnxscript import values
 
     p = OpSchema.FormalParameter
-    schema = OpSchema(
-        op_spec.OP_TYPE, op_spec.DOMAIN, op_spec.OP_VERSION,
-        inputs=[p(op_spec.INPUTS[0], "T"), p(op_spec.INPUTS[1], "T"), p(op_spec.INPUTS[2], "T"),
-                p(op_spec.INPUTS[3], "S")],
-        outputs=[p(op_spec.OUTPUTS[0], "T"), p(op_spec.OUTPUTS[1], "S")],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
-                          ("S", ["tensor(float)"], "")],
-        attributes=[
-            OpSchema.Attribute(op_spec.ATTR_NUM_HEADS, OpSchema.AttrType.INT, "", required=True),
-            OpSchema.Attribute(op_spec.ATTR_EPS,
-                               onnx.helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS), ""),
-        ])
-    # The schema is handed to the tracer only, not registered globally: onnx.checker must keep
-    # treating our domain as opaque (the model-local function or the plugin defines it).
-    node = values.Op(values.Opset(op_spec.DOMAIN, op_spec.OP_VERSION), op_spec.OP_TYPE, schema)
 
-    def translate(query, key, value, past_state, num_heads: int, eps: float, chunk_size: int = 64):
+    def schema(*extra):
+        return OpSchema(
+            op_spec.OP_TYPE, op_spec.DOMAIN, op_spec.OP_VERSION,
+            inputs=[p(op_spec.INPUTS[0], "T"), p(op_spec.INPUTS[1], "T"), p(op_spec.INPUTS[2], "T"),
+                    p(op_spec.INPUTS[3], "S")],
+            outputs=[p(op_spec.OUTPUTS[0], "T"), p(op_spec.OUTPUTS[1], "S")],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+                              ("S", ["tensor(float)"], "")],
+            attributes=[
+                OpSchema.Attribute(op_spec.ATTR_NUM_HEADS, OpSchema.AttrType.INT, "", required=True),
+                OpSchema.Attribute(op_spec.ATTR_EPS,
+                                   onnx.helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS), ""),
+                *extra,
+            ])
+
+    # The schemas are handed to the tracer only, not registered globally: onnx.checker must keep
+    # treating our domain as opaque (the model-local function or the plugin defines it). The
+    # tracer writes every attribute a schema has a default for, so the normalised form's schema
+    # has no normalize attribute (its nodes stay what they were before it existed) and the
+    # unnormalised form's one requires it.
+    opset = values.Opset(op_spec.DOMAIN, op_spec.OP_VERSION)
+    normalised = values.Op(opset, op_spec.OP_TYPE, schema())
+    unnormalised = values.Op(opset, op_spec.OP_TYPE, schema(
+        OpSchema.Attribute(op_spec.ATTR_NORMALIZE, OpSchema.AttrType.INT, "", required=True)))
+
+    def translate(query, key, value, past_state, num_heads: int, eps: float, chunk_size: int = 64,
+                  normalize: bool = True):
         # chunk_size is the eager implementation's; each graph's function body has its own.
-        return node(query, key, value, past_state, num_heads=num_heads, eps=eps, _outputs=2)
+        if normalize:
+            return normalised(query, key, value, past_state, num_heads=num_heads, eps=eps, _outputs=2)
+        return unnormalised(query, key, value, past_state, num_heads=num_heads, eps=eps, _outputs=2,
+                            **{op_spec.ATTR_NORMALIZE: 0})
 
     return {TORCH_OP: translate}
 
@@ -75,6 +94,27 @@ def is_node(node: onnx.NodeProto) -> bool:
 def attention_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The graph's bare ``linexport::CausalLinearAttention`` nodes."""
     return [nd for nd in model.graph.node if is_node(nd)]
+
+
+def node_normalize(node: onnx.NodeProto) -> bool:
+    """The node's form: its ``normalize`` attribute (absent: the default, 1)."""
+    for a in node.attribute:
+        if a.name == op_spec.ATTR_NORMALIZE:
+            if a.type != onnx.AttributeProto.INT or a.i not in (0, 1):
+                raise LinexportError(f"expected {op_spec.OP_TYPE}'s {op_spec.ATTR_NORMALIZE} attribute to be "
+                                     f"the int 0 or 1, got {helper.get_attribute_value(a)!r}")
+            return bool(a.i)
+    return bool(op_spec.DEFAULT_NORMALIZE)
+
+
+def graph_normalize(model: onnx.ModelProto) -> bool:
+    """The one form every attention node of ``model`` has (a model-local function has one body,
+    so a graph mixing the forms cannot be lowered to it)."""
+    forms = {node_normalize(nd) for nd in attention_nodes(model)}
+    if len(forms) > 1:
+        raise LinexportError(f"expected every {op_spec.OP_TYPE} node of a graph to share one "
+                             f"{op_spec.ATTR_NORMALIZE} value, got both: export one model config per graph")
+    return forms.pop() if forms else bool(op_spec.DEFAULT_NORMALIZE)
 
 
 def count_calls(program: torch.export.ExportedProgram) -> int:
@@ -94,8 +134,9 @@ def check_nodes(proto: onnx.ModelProto, calls: int, graph: str):
 
 
 # -- function ---------------------------------------------------------------------------------
-def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
-    """The model-local ``linexport::CausalLinearAttention`` with a chunked body of chunk ``C``."""
+def function_proto(chunk: int, opset: int, normalize: bool = True) -> onnx.FunctionProto:
+    """The model-local ``linexport::CausalLinearAttention`` with a chunked body of chunk ``C``,
+    of the normalised form or (``normalize`` False) the unnormalised one."""
     if not isinstance(chunk, int) or chunk < 1:
         raise LinexportError(f"expected the function body's chunk length to be an int >= 1, got "
                              f"{chunk!r}; set the model config's chunk_size to 1 or more")
@@ -110,9 +151,9 @@ def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
     q = n("Reshape", [n("Cast", ["query"], name="q32", to=TensorProto.FLOAT), split], name="q")
     k = n("Reshape", [n("Cast", ["key"], name="k32", to=TensorProto.FLOAT), split], name="k")
     v = n("Reshape", [n("Cast", ["value"], name="v32", to=TensorProto.FLOAT), split], name="v")
-    # [B, T, H, Dv] -> [B, T, H, Dv+1]: the ones column makes z the last state column
-    v = n("Pad", [v, n.const("ones_pads", [0, 0, 0, 0, 0, 0, 0, 1]), n.const("one", np.float32(1))],
-          name="v1")
+    if normalize:  # [B, T, H, Dv] -> [B, T, H, Dv+1]: the ones column makes z the last state column
+        v = n("Pad", [v, n.const("ones_pads", [0, 0, 0, 0, 0, 0, 0, 1]), n.const("one", np.float32(1))],
+              name="v1")
 
     # pad T up to a multiple of C: pad = (C - T % C) % C, from the input's own shape
     T = n("Shape", ["query"], name="T", start=1, end=2)
@@ -143,7 +184,7 @@ def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
                          exclusive=1), past], name="before")
     u = n("Add", [intra, n("MatMul", [qc, before], name="inter")], name="u")
 
-    o = _normalise(n, u, eps, axis=4)  # [B, H, N, C, Dv]
+    o = _normalise(n, u, eps, axis=4) if normalize else u  # [B, H, N, C, Dv]
     o = n("Transpose", [o], name="o_t", perm=[0, 2, 3, 1, 4])  # [B, N, C, H, Dv]
     hdv = n("Shape", ["value"], name="hdv", start=2, end=3)
     o = n("Reshape", [o, n("Concat", [n.const("zero_m1", [0, -1]), hdv], name="o_shape", axis=0)],
@@ -154,16 +195,19 @@ def function_proto(chunk: int, opset: int) -> onnx.FunctionProto:
     total = n("ReduceSum", [chunk_kv, n.const("axis_n1", [2])], name="total", keepdims=0)
     n("Add", ["past_state", total], ["present_state"], name="present")
 
-    return _function(n, opset, f"Chunked standard-op body (chunk {C}) of linexport::CausalLinearAttention.")
+    form = "" if normalize else ", unnormalised"
+    return _function(n, opset, f"Chunked standard-op body (chunk {C}{form}) of linexport::CausalLinearAttention.",
+                     normalize)
 
 
-def step_function_proto(opset: int) -> onnx.FunctionProto:
+def step_function_proto(opset: int, normalize: bool = True) -> onnx.FunctionProto:
     """The decode graph's ``linexport::CausalLinearAttention``: a body for one token (T = 1, as
     the decode graph's ``input_ids [batch, 1]`` fixes it), the recurrence itself and nothing of
     the chunk machinery:
 
         present = past + k [v | 1]ᵀ   (rank-1 update)     u = q present   [B, H, 1, Dv+1]
         output  = u[..., :Dv] / (u[..., Dv] + eps)
+        (unnormalised: present = past + k vᵀ, output = q present)
     """
     n = Nodes("", named=False)
     heads = _ref_const(n, "heads", op_spec.ATTR_NUM_HEADS, "value_int", onnx.AttributeProto.INT)
@@ -178,15 +222,19 @@ def step_function_proto(opset: int) -> onnx.FunctionProto:
 
     q = per_head("query", "q_row", [1, -1])
     k = per_head("key", "k_col", [-1, 1])
-    v1 = n("Pad", [per_head("value", "v_row", [1, -1]), n.const("ones_pads", [0, 0, 0, 0, 0, 0, 0, 1]),
-                   n.const("one", np.float32(1))], name="v1")  # [B, H, 1, Dv+1]: z's ones column
+    v1 = per_head("value", "v_row", [1, -1])
+    if normalize:  # [B, H, 1, Dv+1]: z's ones column
+        v1 = n("Pad", [v1, n.const("ones_pads", [0, 0, 0, 0, 0, 0, 0, 1]), n.const("one", np.float32(1))],
+               name="v1")
     n("Add", ["past_state", n("Mul", [k, v1], name="outer")], ["present_state"], name="present")
-    u = n("MatMul", [q, "present_state"], name="u")  # [B, H, 1, Dv+1]
-    o = _normalise(n, u, eps, axis=3)  # [B, H, 1, Dv]
+    u = n("MatMul", [q, "present_state"], name="u")  # [B, H, 1, Dv+1] ([B, H, 1, Dv] unnormalised)
+    o = _normalise(n, u, eps, axis=3) if normalize else u  # [B, H, 1, Dv]
     o = n("Reshape", [o, n.const("o_shape", [0, 1, -1])], name="o_flat")  # [B, 1, H*Dv]
     n("CastLike", [o, "query"], ["output"], name="output")
 
-    return _function(n, opset, "One-token standard-op body (the decode graph's) of linexport::CausalLinearAttention.")
+    form = "" if normalize else " unnormalised"
+    return _function(n, opset, f"One-token{form} standard-op body (the decode graph's) of "
+                               "linexport::CausalLinearAttention.", normalize)
 
 
 def _normalise(n: Nodes, u: str, eps: str, axis: int) -> str:
@@ -198,12 +246,17 @@ def _normalise(n: Nodes, u: str, eps: str, axis: int) -> str:
     return n("Div", [num, n("Add", [den, eps], name="den_eps")], name="o")
 
 
-def _function(n: Nodes, opset: int, doc: str) -> onnx.FunctionProto:
-    """The model-local FunctionProto of the op spec holding ``n``'s nodes as its body."""
+def _function(n: Nodes, opset: int, doc: str, normalize: bool = True) -> onnx.FunctionProto:
+    """The model-local FunctionProto of the op spec holding ``n``'s nodes as its body. The
+    unnormalised body declares ``normalize`` too (its nodes carry it); the default body is what
+    it was before the attribute existed."""
+    protos = [helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS)]
+    if not normalize:
+        protos.append(helper.make_attribute(op_spec.ATTR_NORMALIZE, op_spec.DEFAULT_NORMALIZE))
     return helper.make_function(
         op_spec.DOMAIN, op_spec.OP_TYPE, list(op_spec.INPUTS), list(op_spec.OUTPUTS), n.nodes,
         opset_imports=[helper.make_opsetid("", opset)], attributes=[op_spec.ATTR_NUM_HEADS],
-        attribute_protos=[helper.make_attribute(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS)], doc_string=doc)
+        attribute_protos=protos, doc_string=doc)
 
 
 def _ref_const(n: Nodes, label: str, attr_name: str, field: str, attr_type) -> str:
@@ -218,13 +271,21 @@ def _ref_const(n: Nodes, label: str, attr_name: str, field: str, attr_type) -> s
 
 # -- standard ---------------------------------------------------------------------------------
 def standard_nodes(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
-    """The ops replacing one CausalLinearAttention node with ONNX LinearAttention (opset 27)."""
+    """The ops replacing one CausalLinearAttention node with ONNX LinearAttention (opset 27). The
+    unnormalised form is LinearAttention itself (state [B, H, Dk, Dv], output q S)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     H = int(attrs[op_spec.ATTR_NUM_HEADS])
     eps = float(attrs.get(op_spec.ATTR_EPS, op_spec.DEFAULT_EPS))
     query, key, value, past = node.input
     output, present = node.output
     n = Nodes(f"cla{index}/")
+    if not node_normalize(node):
+        q, k, v = (n("Cast", [x], name=f"{x_name}32", to=TensorProto.FLOAT)
+                   for x, x_name in ((query, "q"), (key, "k"), (value, "v")))
+        o, _ = n("LinearAttention", [q, k, v, past], [f"{n.prefix}o", present], name="linear_attention",
+                 update_rule="linear", scale=1.0, q_num_heads=H, kv_num_heads=H)
+        n("CastLike", [o, query], [output], name="output")
+        return n.nodes
     split = n.const("split_shape", [0, 0, H, -1])
     # LinearAttention runs in fp32 whatever the activations: numerator and denominator are sums
     # over the whole context and leave fp16's range long before the quotient does.

@@ -3,7 +3,7 @@
 
 namespace
 {
-constexpr int32_t kAbiVersion = 1;
+constexpr int32_t kAbiVersion = 2; // 2: the normalize field
 } // namespace
 
 extern "C" void linexport_cla_set_packed_strides(LinexportCausalLinearAttentionParams* p)
@@ -60,6 +60,10 @@ extern "C" char const* linexport_cla_check_params(LinexportCausalLinearAttention
     {
         return "eps must be finite and >= 0";
     }
+    if (p->normalize != 0 && p->normalize != 1)
+    {
+        return "normalize must be 0 or 1";
+    }
     if (p->present_state == nullptr)
     {
         return "present_state must not be NULL";
@@ -68,7 +72,8 @@ extern "C" char const* linexport_cla_check_params(LinexportCausalLinearAttention
     {
         return "q, k, v and o must not be NULL when seq_len > 0";
     }
-    // Several column blocks read the normaliser column of past_state while one writes it.
+    // Several column blocks read the normaliser column (or, unnormalised, all rows) of past_state
+    // while others write present_state.
     if (p->seq_len > 1 && p->past_state == p->present_state)
     {
         return "past_state may equal present_state only when seq_len <= 1";
@@ -84,7 +89,7 @@ extern "C" cudaError_t linexport_cla_forward(LinexportCausalLinearAttentionParam
     }
     if (p->seq_len == 0)
     {
-        size_t const bytes = sizeof(float) * p->batch * p->num_heads * p->head_dim_k * (p->head_dim_v + 1);
+        size_t const bytes = sizeof(float) * p->batch * p->num_heads * p->head_dim_k * (p->head_dim_v + p->normalize);
         if (p->past_state == nullptr)
         {
             return cudaMemsetAsync(p->present_state, 0, bytes, stream);

@@ -7,7 +7,8 @@
 //     P_t = P_{t-1} + k_t [v_t, 1]^T        (P is Dk x (Dv+1): numerator S | normaliser z)
 //     u_t = q_t^T P_t                       o_t = u_t[:Dv] / (u_t[Dv] + eps)
 //
-// and present_state[b, h] = P after the last valid token. State and accumulation are fp32.
+// or, with normalize = 0, the unnormalised form: P is Dk x Dv (S alone), P_t = P_{t-1} + k_t v_t^T,
+// o_t = q_t^T P_t (eps unused); and present_state[b, h] = P after the last valid token. State and accumulation are fp32.
 // The struct is C-compatible (fixed-width fields, no C++ types) so ctypes can mirror it.
 #ifndef LINEXPORT_CAUSAL_LINEAR_ATTENTION_H
 #define LINEXPORT_CAUSAL_LINEAR_ATTENTION_H
@@ -46,7 +47,7 @@ typedef struct LinexportCausalLinearAttentionParams
     void const* k;
     void const* v;
     void* o;
-    // [B, H, Dk, Dv+1] float32, contiguous. past_state may be NULL (zeros) and may equal
+    // [B, H, Dk, W] float32, contiguous, W = Dv + normalize. past_state may be NULL (zeros) and may equal
     // present_state (updated in place).
     float const* past_state;
     float* present_state;
@@ -66,6 +67,7 @@ typedef struct LinexportCausalLinearAttentionParams
     int32_t head_dim_v; // Dv in [1, 256]
     int32_t dtype;      // LinexportDType
     float eps;
+    int32_t normalize;  // 1: normalised (state Dv+1 wide), 0: unnormalised (state Dv wide)
 } LinexportCausalLinearAttentionParams;
 
 // Fills the strides of the op's packed layout ([B, T, H*D] for q, k, v, o).

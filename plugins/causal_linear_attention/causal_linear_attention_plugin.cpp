@@ -93,9 +93,10 @@ std::string dimsToString(nvinfer1::Dims const& d)
 // ---------------------------------------------------------------------------------------------
 // Plugin
 
-CausalLinearAttentionPlugin::CausalLinearAttentionPlugin(int32_t numHeads, float eps)
+CausalLinearAttentionPlugin::CausalLinearAttentionPlugin(int32_t numHeads, float eps, int32_t normalize)
     : mNumHeads(numHeads)
     , mEps(eps)
+    , mNormalize(normalize)
 {
     refreshSerialFields();
 }
@@ -106,6 +107,7 @@ void CausalLinearAttentionPlugin::refreshSerialFields() noexcept
     mSerialFields.clear();
     mSerialFields.emplace_back(kFieldNumHeads, &mNumHeads, nvinfer1::PluginFieldType::kINT32, 1);
     mSerialFields.emplace_back(kFieldEps, &mEps, nvinfer1::PluginFieldType::kFLOAT32, 1);
+    mSerialFields.emplace_back(kFieldNormalize, &mNormalize, nvinfer1::PluginFieldType::kINT32, 1);
     mSerialCollection.nbFields = static_cast<int32_t>(mSerialFields.size());
     mSerialCollection.fields = mSerialFields.data();
 }
@@ -126,7 +128,7 @@ nvinfer1::IPluginV3* CausalLinearAttentionPlugin::clone() noexcept
 {
     try
     {
-        return new CausalLinearAttentionPlugin(mNumHeads, mEps);
+        return new CausalLinearAttentionPlugin(mNumHeads, mEps, mNormalize);
     }
     catch (std::exception const& e)
     {
@@ -348,9 +350,11 @@ bool CausalLinearAttentionPlugin::checkShapes(
         {
             return mismatch("past_state.shape[2]", s.d[2], "head_dim_k = query.shape[2] / num_heads", Dk);
         }
-        if (Dv >= 0 && known(s.d[3]) && s.d[3] != Dv + 1)
+        if (Dv >= 0 && known(s.d[3]) && s.d[3] != Dv + mNormalize)
         {
-            return mismatch("past_state.shape[3]", s.d[3], "head_dim_v + 1 = value.shape[2] / num_heads + 1", Dv + 1);
+            return mNormalize
+                ? mismatch("past_state.shape[3]", s.d[3], "head_dim_v + 1 = value.shape[2] / num_heads + 1", Dv + 1)
+                : mismatch("past_state.shape[3]", s.d[3], "head_dim_v = value.shape[2] / num_heads (normalize=0)", Dv);
         }
         int64_t const int32Max = std::numeric_limits<int32_t>::max();
         if ((known(q.d[0]) && q.d[0] > kMaxHeads) || (known(q.d[1]) && q.d[1] > int32Max))
@@ -411,7 +415,7 @@ char const* CausalLinearAttentionPlugin::getMetadataString() noexcept
     try
     {
         std::ostringstream s;
-        s << "num_heads=" << mNumHeads << " eps=" << mEps;
+        s << "num_heads=" << mNumHeads << " eps=" << mEps << " normalize=" << mNormalize;
         mMetadata = s.str();
         return mMetadata.c_str();
     }
@@ -463,6 +467,7 @@ int32_t CausalLinearAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* i
         p.head_dim_k = static_cast<int32_t>(q.d[2] / mNumHeads);
         p.head_dim_v = static_cast<int32_t>(v.d[2] / mNumHeads);
         p.eps = mEps;
+        p.normalize = mNormalize;
         switch (inputDesc[0].type)
         {
         case DataType::kHALF: p.dtype = LINEXPORT_FLOAT16; break;
@@ -507,6 +512,7 @@ CausalLinearAttentionCreator::CausalLinearAttentionCreator()
 {
     mFields.emplace_back(kFieldNumHeads, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
     mFields.emplace_back(kFieldEps, nullptr, nvinfer1::PluginFieldType::kFLOAT32, 1);
+    mFields.emplace_back(kFieldNormalize, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
     mCollection.nbFields = static_cast<int32_t>(mFields.size());
     mCollection.fields = mFields.data();
 }
@@ -569,14 +575,16 @@ nvinfer1::IPluginV3* CausalLinearAttentionCreator::createPlugin(
         bool haveHeads = false;
         int64_t numHeads = 0;
         double eps = kDefaultEps;
+        int64_t normalize = kDefaultNormalize;
         int32_t const n = fc == nullptr ? 0 : fc->nbFields;
         for (int32_t i = 0; i < n; ++i)
         {
             nvinfer1::PluginField const& f = fc->fields[i];
             std::string const fieldName = f.name == nullptr ? "" : f.name;
-            if (fieldName != kFieldNumHeads && fieldName != kFieldEps)
+            if (fieldName != kFieldNumHeads && fieldName != kFieldEps && fieldName != kFieldNormalize)
             {
-                logError("unknown field '" + fieldName + "': expected num_heads (int) and eps (float)");
+                logError("unknown field '" + fieldName
+                    + "': expected num_heads (int), eps (float) and normalize (int 0 or 1)");
                 return nullptr;
             }
             if (f.data == nullptr || f.length != 1)
@@ -593,6 +601,14 @@ nvinfer1::IPluginV3* CausalLinearAttentionCreator::createPlugin(
                     return nullptr;
                 }
                 haveHeads = true;
+            }
+            else if (fieldName == kFieldNormalize)
+            {
+                if (!readInt(f, &normalize))
+                {
+                    logError("field normalize must be an integer (kINT32 or kINT64)");
+                    return nullptr;
+                }
             }
             else if (!readFloat(f, &eps))
             {
@@ -615,7 +631,13 @@ nvinfer1::IPluginV3* CausalLinearAttentionCreator::createPlugin(
             logError("eps must be finite and >= 0, got " + std::to_string(eps));
             return nullptr;
         }
-        return new CausalLinearAttentionPlugin(static_cast<int32_t>(numHeads), static_cast<float>(eps));
+        if (normalize != 0 && normalize != 1)
+        {
+            logError("normalize must be 0 or 1, got " + std::to_string(normalize));
+            return nullptr;
+        }
+        return new CausalLinearAttentionPlugin(
+            static_cast<int32_t>(numHeads), static_cast<float>(eps), static_cast<int32_t>(normalize));
     }
     catch (std::exception const& e)
     {

@@ -22,6 +22,8 @@ constexpr char const* kPluginNamespace = "";
 constexpr char const* kFieldNumHeads = "num_heads";
 constexpr char const* kFieldEps = "eps";
 constexpr float kDefaultEps = 1e-6F;
+constexpr char const* kFieldNormalize = "normalize";
+constexpr int32_t kDefaultNormalize = 1; // a node without the attribute is the normalised form
 
 class CausalLinearAttentionPlugin final : public nvinfer1::IPluginV3,
                                           public nvinfer1::IPluginV3OneCore,
@@ -29,7 +31,7 @@ class CausalLinearAttentionPlugin final : public nvinfer1::IPluginV3,
                                           public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    CausalLinearAttentionPlugin(int32_t numHeads, float eps);
+    CausalLinearAttentionPlugin(int32_t numHeads, float eps, int32_t normalize = kDefaultNormalize);
     ~CausalLinearAttentionPlugin() override = default;
 
     // IPluginV3
@@ -71,6 +73,7 @@ private:
 
     int32_t mNumHeads;
     float mEps;
+    int32_t mNormalize; // 1: state Dv+1 wide, o = u[:Dv] / (u[Dv] + eps); 0: state Dv wide, o = u
     std::vector<nvinfer1::PluginField> mSerialFields;
     nvinfer1::PluginFieldCollection mSerialCollection{};
     std::string mMetadata;

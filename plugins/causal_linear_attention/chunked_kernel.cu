@@ -8,6 +8,8 @@
 //   O    = (A V + Q S) / (den + eps)        A and S rounded to the input type for the MMAs
 //   S   += K^T V,  z += colsum(K)           fp32, S kept in accumulator fragments
 //
+// The unnormalised form (normalize = 0) is O = A V + Q S: no z column in the state, no division.
+//
 // S stays fp32 in registers for the whole sequence. Q S needs S as an MMA operand in the input
 // type, so S is split as hi + lo (both in the input type) and multiplied twice: about 16
 // mantissa bits instead of 8, for a quarter more MMAs. The next chunk's Q, K, V are loaded into
@@ -103,7 +105,7 @@ __device__ void chunked_body(Params const& p)
 
     int const Dk = p.head_dim_k;
     int const Dv = p.head_dim_v;
-    int const ncols = Dv + 1;
+    int const ncols = Dv + p.normalize;
     int const T_ = p.seq_len;
     int const dkp = (Dk + 15) & ~15;
     int const kt = dkp / 16;
@@ -164,7 +166,7 @@ __device__ void chunked_body(Params const& p)
     }
     for (int d = tid; d < dkp; d += kThreads)
     {
-        zs[d] = (p.past_state != nullptr && d < Dk) ? p.past_state[state_base + static_cast<size_t>(d) * ncols + Dv] : 0.f;
+        zs[d] = (p.normalize && p.past_state != nullptr && d < Dk) ? p.past_state[state_base + static_cast<size_t>(d) * ncols + Dv] : 0.f;
     }
 
     T rq[kQK];
@@ -377,7 +379,7 @@ __device__ void chunked_body(Params const& p)
             int const tg = t0 + t;
             if (tg < T_ && j0 + c < Dv)
             {
-                float const o = tg < Tb ? Of[e] / (den[t] + eps) : 0.f;
+                float const o = tg >= Tb ? 0.f : p.normalize ? Of[e] / (den[t] + eps) : Of[e];
                 og[tg * p.o_stride_t + j0 + c] = from_float<T>(o);
             }
         }
@@ -418,7 +420,7 @@ __device__ void chunked_body(Params const& p)
         }
     }
     __syncthreads(); // zs: the initial values when no chunk ran
-    if (blockIdx.x == 0)
+    if (blockIdx.x == 0 && p.normalize)
     {
         for (int d = tid; d < Dk; d += kThreads)
         {

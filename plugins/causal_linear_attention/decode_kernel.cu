@@ -4,7 +4,8 @@
 // and rows r, r+R, r+2R, ...; with blockDim = R * (Dv+1) each pass over R rows reads one
 // contiguous span of the state, so every load and store is fully coalesced. The state is read
 // once and written once; q, k, v are a few hundred bytes. Column Dv is the normaliser z (the
-// ones column appended to v), so the denominator falls out of the same reduction.
+// ones column appended to v), so the denominator falls out of the same reduction; the
+// unnormalised form (normalize = 0) has no such column and no division.
 #include "cla_common.cuh"
 
 namespace linexport
@@ -25,7 +26,7 @@ __global__ void decode_kernel(Params p, int rows_per_pass)
     extern __shared__ float smem[];
     int const Dk = p.head_dim_k;
     int const Dv = p.head_dim_v;
-    int const ncols = Dv + 1;
+    int const ncols = Dv + p.normalize;
     int const R = rows_per_pass;
     int const bh = blockIdx.x;
     int const b = bh / p.num_heads;
@@ -97,7 +98,7 @@ __global__ void decode_kernel(Params p, int rows_per_pass)
     __syncthreads();
     if (tid < Dv)
     {
-        float const o = valid ? part[tid] / (part[Dv] + p.eps) : 0.f;
+        float const o = !valid ? 0.f : p.normalize ? part[tid] / (part[Dv] + p.eps) : part[tid];
         T* out = static_cast<T*>(p.o) + b * p.o_stride_b + h * p.o_stride_h;
         out[tid] = from_float<T>(o);
     }
@@ -106,7 +107,7 @@ __global__ void decode_kernel(Params p, int rows_per_pass)
 template <typename T>
 cudaError_t launch(Params const& p, cudaStream_t stream)
 {
-    int const ncols = p.head_dim_v + 1;
+    int const ncols = p.head_dim_v + p.normalize;
     int rows = kTargetThreads / ncols;
     rows = rows < 1 ? 1 : (rows > p.head_dim_k ? p.head_dim_k : rows);
     int const threads = rows * ncols;

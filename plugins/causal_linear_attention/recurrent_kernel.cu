@@ -1,7 +1,8 @@
 // Fused recurrent prefill for float32 inputs: exact fp32 FMAs, no tensor cores (TF32 would
 // drop the precision an fp32 caller asked for).
 //
-// A block owns (b, h) and 32 value columns plus the normaliser column; thread (r, c) keeps
+// A block owns (b, h) and 32 value columns plus the normaliser column (idle in the
+// unnormalised form, normalize = 0, whose state has no such column); thread (r, c) keeps
 // rows r, r+R, ... of its column of the state in registers for the whole sequence. Tokens are
 // staged through shared memory kTokens at a time; per token each thread updates its rows,
 // forms its partial q.P, and one barrier later the row-group-0 threads reduce the partials and
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) recurrent_kernel(Params p)
 
     int const Dk = p.head_dim_k;
     int const Dv = p.head_dim_v;
-    int const ncols = Dv + 1;
+    int const ncols = Dv + p.normalize;
     int const seq = p.seq_len;
     int const j0 = blockIdx.x * kCols;
     int const h = blockIdx.y;
@@ -41,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) recurrent_kernel(Params p)
     int const r = tid / (kCols + 1);
     bool const is_z = c == kCols;
     int const col = is_z ? Dv : j0 + c;
-    bool const col_ok = is_z || col < Dv;
+    bool const col_ok = is_z ? p.normalize != 0 : col < Dv;
     int const Tb = valid_len(p, b);
 
     size_t const state_base = (static_cast<size_t>(b) * p.num_heads + h) * Dk * ncols;
@@ -111,7 +112,8 @@ __global__ void __launch_bounds__(kThreads) recurrent_kernel(Params p)
                     den += part[tt & 1][rr][kCols];
                 }
                 int const t = t0 + tt;
-                og[t * p.o_stride_t + col] = from_float<T>(t < Tb ? u / (den + p.eps) : 0.f);
+                float const o = p.normalize ? u / (den + p.eps) : u;
+                og[t * p.o_stride_t + col] = from_float<T>(t < Tb ? o : 0.f);
             }
         }
     }

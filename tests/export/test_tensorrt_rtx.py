@@ -54,3 +54,21 @@ def test_bare_node_is_left_to_the_plugin(exports):
     prefill, _ = exports.lowered("linear", "fp32", "plugin")
     engine, errors = build(prefill.SerializeToString())
     assert engine is None and any("CausalLinearAttention" in e for e in errors), errors
+
+
+def test_unnormalised_function_bodies_build(tmp_path):
+    """The unnormalised form (fla's default: no normaliser column) with GQA, the learnable feature
+    map and the output norm: both graphs' bodies build too."""
+    import onnx
+
+    from linexport.export.exporter import export_checkpoint
+    from linexport.models.checkpoint import save_checkpoint
+    from tests.models.block_models import make_model
+
+    model = make_model("linear", "fla-gqa-hadamard-unnorm")
+    save_checkpoint(model, tmp_path / "ckpt.pt")
+    export_checkpoint(tmp_path / "ckpt.pt", tmp_path / "out")
+    for name in ("prefill", "decode"):
+        engine, errors = build(onnx.load(str(tmp_path / "out" / f"{name}.onnx")).SerializeToString())
+        assert not errors, errors
+        assert engine, f"TensorRT-RTX failed to build the unnormalised {name} graph"

@@ -1,6 +1,7 @@
 """The tiny models of the block archs (models/token_lm.py) that tests/models/ builds: per arch,
 three variants: rotary with an odd head_dim (linear: with token shift, as its demo model),
-learned positions with untied embeddings, and one head of dim 33. Sizes are odd so that shape
+learned positions with untied embeddings, and one head of dim 33 (linear also two with fla's
+options). Sizes are odd so that shape
 mix-ups show."""
 
 import torch
@@ -17,6 +18,14 @@ VARIANTS = {
         "learned-relu-d8": dict(n_heads=2, head_dim=8, pos_emb="learned", feature_map="relu",
                                 tie_embeddings=False),
         "rotary-relu-d33": dict(n_heads=1, head_dim=33, pos_emb="rotary", feature_map="relu"),
+        # fla's linear_attn options (models/convert_fla.py): GQA, value heads of another width,
+        # no positions, SwiGLU, the per-head output norm, the learnable map, unnormalised.
+        "fla-gqa-hadamard-unnorm": dict(n_heads=4, n_kv_heads=2, head_dim=6, v_head_dim=9, pos_emb="none",
+                                        mlp="swiglu", feature_map="elementwise_product", normalize=False,
+                                        q_scale=6 ** -0.5, out_norm=True, tie_embeddings=False),
+        "fla-rotary-gqa-relu-norm": dict(n_heads=3, n_kv_heads=1, head_dim=7, v_head_dim=5, pos_emb="rotary",
+                                         mlp="swiglu", feature_map="relu", q_scale=0.4, out_norm=True,
+                                         shift_tokens=True),
     },
     "softmax": {
         "rotary-d15": dict(n_heads=3, head_dim=15, pos_emb="rotary"),

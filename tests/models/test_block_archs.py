@@ -212,9 +212,10 @@ def test_step_past_the_kv_cache_is_rejected(arch):
 
 CONFIGS = {"linear": LinearConfig, "softmax": SoftmaxConfig, "reformer": ReformerConfig}
 SHARED = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff", "pos_emb", "rotary_base",
-          "max_seq_len", "tie_embeddings", "norm_eps")
+          "max_seq_len", "tie_embeddings", "norm_eps", "mlp")
 # The config keys checkpoints carry: a checkpoint written before the shared base must still load.
-KEYS = {"linear": SHARED + ("feature_map", "eps", "chunk_size", "shift_tokens"), "softmax": SHARED,
+KEYS = {"linear": SHARED + ("feature_map", "eps", "chunk_size", "shift_tokens", "n_kv_heads", "v_head_dim",
+                            "normalize", "q_scale", "out_norm"), "softmax": SHARED,
         "reformer": SHARED + ("n_hashes", "n_buckets", "bucket_size")}
 POSITIVE = {"linear": ("chunk_size",), "softmax": (), "reformer": ("n_hashes", "bucket_size")}
 
@@ -236,6 +237,23 @@ def test_config_keys_and_dict_round_trip(arch):
     assert config_from_dict(cls, data) == config and config.pos_emb == "learned"
     with pytest.raises(LinexportError, match=rf"config for {cls.__name__} has unknown keys \['qk_dim'\]"):
         config_from_dict(cls, {**data, "qk_dim": 8})
+
+
+# The keys added for fla's linear_attn (models/convert_fla.py) and the value every older
+# checkpoint, which lacks them, must get: the model it always was.
+ADDED = {"mlp": "gelu", "n_kv_heads": 0, "v_head_dim": 0, "normalize": True, "q_scale": 1.0, "out_norm": False}
+
+
+@pytest.mark.parametrize("arch", CONFIGS)
+def test_configs_written_before_the_fla_options_load_as_they_were(arch):
+    cls = CONFIGS[arch]
+    config = make_model(arch, variant(arch, "rotary")).config
+    old = {k: v for k, v in dataclasses.asdict(config).items() if k not in ADDED}
+    loaded = config_from_dict(cls, old)
+    assert loaded == config
+    for key, default in ADDED.items():
+        if hasattr(loaded, key):
+            assert getattr(loaded, key) == default, key
 
 
 @torch.no_grad()

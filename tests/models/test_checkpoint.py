@@ -100,7 +100,7 @@ def test_bare_state_dict_hints_convert(model, tmp_path):
     (lambda r: r.update(format_version=99), "format version 99"),
     (lambda r: r["config"].update(n_experts=4), r"unknown keys \['n_experts'\]"),
     (lambda r: r["config"].update(n_heads="two"), "n_heads: expected an int"),
-    (lambda r: r["config"].update(feature_map="softmax"), r"feature_map: expected one of \['elu', 'relu'\]"),
+    (lambda r: r["config"].update(feature_map="softmax"), r"feature_map: expected one of \['elu', 'relu', 'identity', 'elementwise_product'\]"),
     (lambda r: r["config"].update(n_layers=3), r"missing keys \['blocks.2"),
     (lambda r: r["config"].update(n_layers=1), r"unexpected keys \['blocks.1"),
     (lambda r: r["config"].update(d_ff=25), "has shape .* but the config implies"),

@@ -58,7 +58,7 @@ def test_attention_layer_matches_naive_reference():
 def test_invalid_linear_fields_are_rejected():
     with pytest.raises(LinexportError, match=r"^config LinearConfig.eps must be > 0, got 0.0$"):
         LinearConfig(eps=0.0)
-    with pytest.raises(LinexportError, match=r"feature_map: expected one of \['elu', 'relu'\], got 'tanh'"):
+    with pytest.raises(LinexportError, match=r"feature_map: expected one of \['elu', 'relu', 'identity', 'elementwise_product'\], got 'tanh'"):
         from linexport.models.config import config_from_dict
 
         config_from_dict(LinearConfig, {"feature_map": "tanh"})

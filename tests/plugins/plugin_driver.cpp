@@ -40,11 +40,13 @@ struct Fields
     }
 };
 
-// Reads num_heads / eps back from a field collection (as the plugin serialized them).
-bool readFields(PluginFieldCollection const* fc, int32_t* heads, float* eps)
+// Reads num_heads / eps (and normalize, into `normalize` when given) back from a field
+// collection (as the plugin serialized them).
+bool readFields(PluginFieldCollection const* fc, int32_t* heads, float* eps, int32_t* normalize = nullptr)
 {
     bool gotHeads = false;
     bool gotEps = false;
+    bool gotNormalize = false;
     for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
     {
         PluginField const& f = fc->fields[i];
@@ -58,8 +60,16 @@ bool readFields(PluginFieldCollection const* fc, int32_t* heads, float* eps)
             *eps = *static_cast<float const*>(f.data);
             gotEps = true;
         }
+        if (std::strcmp(f.name, "normalize") == 0 && f.type == PluginFieldType::kINT32 && f.length == 1)
+        {
+            if (normalize != nullptr)
+            {
+                *normalize = *static_cast<int32_t const*>(f.data);
+            }
+            gotNormalize = true;
+        }
     }
-    return gotHeads && gotEps && fc->nbFields == 2;
+    return gotHeads && gotEps && gotNormalize && fc->nbFields == 3;
 }
 
 Dims dims(std::vector<int64_t> const& d)
@@ -123,9 +133,10 @@ int main(int argc, char** argv)
         "creator_name_version_namespace");
 
     PluginFieldCollection const* names = creator->getFieldNames();
-    check(names != nullptr && names->nbFields == 2 && std::strcmp(names->fields[0].name, "num_heads") == 0
+    check(names != nullptr && names->nbFields == 3 && std::strcmp(names->fields[0].name, "num_heads") == 0
             && names->fields[0].type == PluginFieldType::kINT32 && std::strcmp(names->fields[1].name, "eps") == 0
-            && names->fields[1].type == PluginFieldType::kFLOAT32,
+            && names->fields[1].type == PluginFieldType::kFLOAT32 && std::strcmp(names->fields[2].name, "normalize") == 0
+            && names->fields[2].type == PluginFieldType::kINT32,
         "creator_field_names");
 
     int32_t const heads = 4;
@@ -294,9 +305,41 @@ int main(int argc, char** argv)
         if (p != nullptr)
         {
             auto* r = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-            check(readFields(r->getFieldsToSerialize(), &gotHeads, &gotEps) && gotEps == 1e-6F, "eps_defaults_to_1e-6");
+            int32_t gotNormalize = -1;
+            check(readFields(r->getFieldsToSerialize(), &gotHeads, &gotEps, &gotNormalize) && gotEps == 1e-6F,
+                "eps_defaults_to_1e-6");
+            check(gotNormalize == 1, "normalize_defaults_to_1", "got " + std::to_string(gotNormalize));
             delete p;
         }
+        // The unnormalised form: the field round-trips, and the state has no z column.
+        int32_t const off = 0;
+        Fields unnormalised;
+        unnormalised.list.emplace_back("num_heads", &heads, PluginFieldType::kINT32, 1);
+        unnormalised.list.emplace_back("normalize", &off, PluginFieldType::kINT32, 1);
+        p = creator->createPlugin("cla", unnormalised.get(), TensorRTPhase::kBUILD);
+        check(p != nullptr, "accepts_normalize_0");
+        if (p != nullptr)
+        {
+            auto* r = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+            int32_t gotNormalize = -1;
+            check(readFields(r->getFieldsToSerialize(), &gotHeads, &gotEps, &gotNormalize) && gotNormalize == 0,
+                "normalize_0_stored");
+            IPluginV3* restored0 = creator->createPlugin("cla", r->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+            check(restored0 != nullptr, "normalize_0_round_trip");
+            delete restored0;
+            auto* b0 = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+            auto io = combo(DataType::kHALF, DataType::kFLOAT);
+            check(b0->configurePlugin(io.data(), 4, io.data() + 4, 2) != 0, "unnormalised_rejects_state_with_z_column");
+            io[3].desc.dims = dims({2, 4, 64, 32});
+            io[4 + 1].desc.dims = io[3].desc.dims;
+            check(b0->configurePlugin(io.data(), 4, io.data() + 4, 2) == 0, "unnormalised_configure_valid");
+            delete p;
+        }
+        int32_t const bad2 = 2;
+        Fields badNormalize;
+        badNormalize.list.emplace_back("num_heads", &heads, PluginFieldType::kINT32, 1);
+        badNormalize.list.emplace_back("normalize", &bad2, PluginFieldType::kINT32, 1);
+        check(creator->createPlugin("cla", badNormalize.get(), TensorRTPhase::kBUILD) == nullptr, "rejects_normalize_2");
         int32_t const zero = 0;
         int32_t const two[2] = {4, 4};
         float const nan = std::nanf("");

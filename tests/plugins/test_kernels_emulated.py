@@ -11,7 +11,6 @@ does that on a GPU.
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import shutil
 import subprocess
@@ -65,18 +64,20 @@ def emulated(tmp_path_factory):
     return handle
 
 
-def run(lib, q, k, v, state=None, lengths=None, present=None):
-    """q, k [B, T, H, Dk], v [B, T, H, Dv] CPU tensors (the emulator's "device" memory is host memory)."""
+def run(lib, q, k, v, state=None, lengths=None, present=None, normalize=True):
+    """q, k [B, T, H, Dk], v [B, T, H, Dv] CPU tensors (the emulator's "device" memory is host
+    memory); the state [B, H, Dk, Dv + 1], or [B, H, Dk, Dv] unnormalised."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     o = torch.full((B, T, H, Dv), float("nan"), dtype=v.dtype)
     if present is None:
-        present = torch.full((B, H, Dk, Dv + 1), float("nan"))
+        present = torch.full((B, H, Dk, Dv + (1 if normalize else 0)), float("nan"))
     lengths32 = None if lengths is None else lengths.to(torch.int32).contiguous()
     p = _Params(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), o=o.data_ptr(),
                 past_state=None if state is None else state.data_ptr(), present_state=present.data_ptr(),
                 lengths=None if lengths32 is None else lengths32.data_ptr(),
-                batch=B, seq_len=T, num_heads=H, head_dim_k=Dk, head_dim_v=Dv, dtype=DTYPE_CODES[q.dtype], eps=EPS)
+                batch=B, seq_len=T, num_heads=H, head_dim_k=Dk, head_dim_v=Dv, dtype=DTYPE_CODES[q.dtype], eps=EPS,
+                normalize=1 if normalize else 0)
     for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
         for i, d in enumerate("bth"):
             setattr(p, f"{name}_stride_{d}", t.stride(i))
@@ -97,9 +98,9 @@ def inputs(B, T, H, Dk, Dv, dtype, with_state):
     return q, k, v, state
 
 
-def reference(q, k, v, state, lengths=None):
+def reference(q, k, v, state, lengths=None, normalize=True):
     o, s = naive_causal_linear_attention(*(t.permute(0, 2, 1, 3).double() for t in (q, k, v)), EPS,
-                                         None if state is None else state.double(), lengths)
+                                         None if state is None else state.double(), lengths, normalize)
     return o.permute(0, 2, 1, 3), s
 
 
@@ -213,3 +214,73 @@ def test_emulated_continued_prefill_equals_one_shot(emulated, dims, dtype):
     assert rel_err(got, torch.stack([o_all[b, first[b] + t] for b, t in valid])) < TOL[dtype]
     for b, n in enumerate(THEN):
         assert not o2[b, n:].any(), f"batch row {b}: output past its length {n} must be zero"
+
+
+# The unnormalised form (normalize = 0): state [B, H, Dk, Dv], o = qᵀS, features of either sign
+# (identity / learnable maps). Every kernel: decode, fp32 recurrent, fp16/bf16 chunked.
+UNNORMALISED = [  # id, (B, T, H, Dk, Dv), dtype, with_state, lengths
+    ("decode-fp32", (2, 1, 2, 64, 40), torch.float32, True, None),
+    ("decode-fp16-Dk60-Dv33-lengths", (3, 1, 2, 60, 33), torch.float16, True, [1, 0, 1]),
+    ("recurrent-fp32-T37", (2, 37, 2, 64, 40), torch.float32, True, None),
+    ("recurrent-fp32-Dk200-Dv70-lengths", (3, 19, 1, 200, 70), torch.float32, True, [19, 0, 5]),
+    ("chunked-bf16-C64-T97", (2, 97, 1, 64, 64), torch.bfloat16, True, None),
+    ("chunked-fp16-C64-Dk60-Dv40", (1, 70, 2, 60, 40), torch.float16, False, None),
+    ("chunked-bf16-lengths", (3, 70, 1, 32, 32), torch.bfloat16, True, [70, 0, 33]),
+]
+
+
+def signed_inputs(B, T, H, Dk, Dv, dtype, with_state):
+    q, k, v = (0.5 * torch.randn(B, T, H, d) for d in (Dk, Dk, Dv))
+    state = torch.randn(B, H, Dk, Dv) if with_state else None
+    return q.to(dtype), k.to(dtype), v.to(dtype), state
+
+
+@pytest.mark.parametrize("shape, dtype, with_state, lengths", [c[1:] for c in UNNORMALISED],
+                         ids=[c[0] for c in UNNORMALISED])
+def test_emulated_unnormalised_kernels_match_the_reference(emulated, shape, dtype, with_state, lengths):
+    q, k, v, state = signed_inputs(*shape, dtype, with_state)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    o, s = run(emulated, q, k, v, state, lengths, normalize=False)
+    o_ref, s_ref = reference(q, k, v, state, lengths, normalize=False)
+    assert s.shape == s_ref.shape == (shape[0], shape[2], shape[3], shape[4])
+    assert not torch.isnan(o).any() and not torch.isnan(s).any()
+    assert rel_err(s, s_ref) < 1e-5
+    assert rel_err(o, o_ref) < TOL[dtype]
+    # The normalised reference is far away: the kernels did not divide.
+    assert rel_err(o, reference(q, k, v, None if state is None else torch.cat(
+        [state, torch.ones(*state.shape[:3], 1)], -1), lengths)[0]) > 0.1
+    if lengths is not None:
+        for b, n in enumerate(lengths.tolist()):
+            assert not o[b, n:].any(), f"batch row {b}: output past its length {n} must be zero"
+            if n == 0:
+                assert torch.equal(s[b], state[b])
+
+
+def test_emulated_unnormalised_prefill_then_decode_equals_longer_prefill(emulated):
+    q, k, v, _ = signed_inputs(1, 34, 2, 32, 32, torch.float16, False)
+    o_all, s_all = run(emulated, q, k, v, normalize=False)
+    _, s_pre = run(emulated, q[:, :33].contiguous(), k[:, :33].contiguous(), v[:, :33].contiguous(), normalize=False)
+    o_step, s_step = run(emulated, q[:, 33:].contiguous(), k[:, 33:].contiguous(), v[:, 33:].contiguous(), s_pre,
+                         normalize=False)
+    assert rel_err(s_step, s_all) < 1e-6
+    assert rel_err(o_step, o_all[:, 33:]) < TOL[torch.float16]
+
+
+def test_emulated_kernels_refuse_a_bad_normalize(emulated):
+    q, k, v, state = inputs(1, 1, 1, 8, 8, torch.float32, True)
+    with pytest.raises(AssertionError, match="returned 1"):  # cudaErrorInvalidValue
+        run_with_normalize(emulated, q, k, v, state, 2)
+
+
+def run_with_normalize(lib, q, k, v, state, value):
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    o, present = torch.empty(B, T, H, Dv), torch.empty(B, H, Dk, Dv + 1)
+    p = _Params(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), o=o.data_ptr(), past_state=state.data_ptr(),
+                present_state=present.data_ptr(), batch=B, seq_len=T, num_heads=H, head_dim_k=Dk, head_dim_v=Dv,
+                dtype=DTYPE_CODES[q.dtype], eps=EPS, normalize=value)
+    for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
+        for i, d in enumerate("bth"):
+            setattr(p, f"{name}_stride_{d}", t.stride(i))
+    err = lib.linexport_cla_forward(ctypes.byref(p), None)
+    assert err == 0, f"linexport_cla_forward returned {err}"

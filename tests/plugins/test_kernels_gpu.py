@@ -112,6 +112,28 @@ def test_kernels_match_the_reference(kernels, dtype, shape, with_state):
         assert rel_err(o, o_ref) <= max(2 * rel_err(o_lowp, o_ref), HALF_ULP[dtype])
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 3, 64, 40), (2, 97, 2, 60, 60), (1, 1025, 2, 128, 64)],
+                         ids=lambda s: "B{}-T{}-H{}-Dk{}-Dv{}".format(*s))
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_unnormalised_kernels_match_the_reference(kernels, dtype, shape):
+    """normalize = 0: state [B, H, Dk, Dv], o = qᵀS, features of either sign. fp16/bf16 to the
+    rounding of q, k, v and the MMA operands (a few output ulps of the fp64 oracle's scale)."""
+    B, T, H, Dk, Dv = shape
+    if dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bfloat16 kernels need sm_80")
+    g = torch.Generator(device="cuda").manual_seed(T)
+    q, k, v = ((0.5 * torch.randn(B, T, H, d, device="cuda", generator=g)).to(dtype) for d in (Dk, Dk, Dv))
+    state = torch.randn(B, H, Dk, Dv, device="cuda", generator=g)
+    o, s = kernels.forward(q, k, v, state, eps=EPS, normalize=False)
+    torch.cuda.synchronize()
+    qh, kh, vh = (t.permute(0, 2, 1, 3).double().cpu() for t in (q, k, v))
+    o_ref, s_ref = naive_causal_linear_attention(qh, kh, vh, EPS, state.double().cpu(), normalize=False)
+    o_ref = o_ref.permute(0, 2, 1, 3)
+    assert s.shape == (B, H, Dk, Dv)
+    assert rel_err(s.cpu(), s_ref) < (1e-5 if dtype == torch.float32 else 1e-4)
+    assert rel_err(o.cpu(), o_ref) < {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 @pytest.mark.parametrize("T", [1, 70], ids=["decode", "prefill"])
 def test_padded_positions_leave_the_state_untouched(kernels, dtype, T):

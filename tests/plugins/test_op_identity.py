@@ -24,10 +24,13 @@ def header_identity(text: str) -> dict:
     """The constexpr strings of the plugin header, and the C++ namespace they live in."""
     consts = dict(re.findall(r'constexpr\s+char\s+const\s*\*\s*(k\w+)\s*=\s*"([^"]*)"\s*;', text))
     eps = re.search(r"constexpr\s+float\s+kDefaultEps\s*=\s*([0-9.eE+-]+)[fF]?\s*;", text)
+    normalize = re.search(r"constexpr\s+int32_t\s+kDefaultNormalize\s*=\s*(\d+)\s*;", text)
     namespaces = re.findall(r"^namespace\s+(\w+)", text, re.MULTILINE)
     return {"name": consts.get("kPluginName"), "version": consts.get("kPluginVersion"),
             "namespace": consts.get("kPluginNamespace"), "num_heads": consts.get("kFieldNumHeads"),
             "eps": consts.get("kFieldEps"), "default_eps": float(eps.group(1)) if eps else None,
+            "normalize": consts.get("kFieldNormalize"),
+            "default_normalize": int(normalize.group(1)) if normalize else None,
             "cpp_namespace": "::".join(namespaces)}
 
 
@@ -44,12 +47,14 @@ def readme_identity(text: str) -> dict:
     attrs = spec[spec.index("Attributes"):]
     heads = re.search(r"^\| `(\w+)` \| int \| required", attrs, re.MULTILINE)
     eps = re.search(r"^\| `(\w+)` \| float \| default ([0-9.eE+-]+)", attrs, re.MULTILINE)
+    normalize = re.search(r"^\| `(\w+)` \| int \| default (\d+); 0 or 1", attrs, re.MULTILINE)
     return {"domain": node and node.group(1), "op_type": node and node.group(2),
             "op_version": node and int(node.group(3)), "name": plugin and plugin.group(1),
             "version": plugin and plugin.group(2), "namespace": plugin and plugin.group(3),
             "inputs": tables["Inputs"], "outputs": tables["Outputs"],
             "num_heads": heads and heads.group(1), "eps": eps and eps.group(1),
-            "default_eps": eps and float(eps.group(2))}
+            "default_eps": eps and float(eps.group(2)), "normalize": normalize and normalize.group(1),
+            "default_normalize": normalize and int(normalize.group(2))}
 
 
 def creator_lookups(source: str) -> list[tuple]:
@@ -77,6 +82,7 @@ def header_mismatches(text: str) -> list[str]:
     want = {"name": op_spec.TRT_PLUGIN_NAME, "version": op_spec.TRT_PLUGIN_VERSION,
             "namespace": op_spec.TRT_PLUGIN_NAMESPACE, "num_heads": op_spec.TRT_FIELD_NUM_HEADS,
             "eps": op_spec.TRT_FIELD_EPS, "default_eps": op_spec.DEFAULT_EPS,
+            "normalize": op_spec.TRT_FIELD_NORMALIZE, "default_normalize": op_spec.DEFAULT_NORMALIZE,
             "cpp_namespace": "linexport::trt"}
     return [f"{k}: header {got[k]!r}, op_spec {v!r}" for k, v in want.items() if got[k] != v]
 
@@ -87,7 +93,8 @@ def readme_mismatches(text: str) -> list[str]:
             "name": op_spec.TRT_PLUGIN_NAME, "version": op_spec.TRT_PLUGIN_VERSION,
             "namespace": op_spec.TRT_PLUGIN_NAMESPACE, "inputs": op_spec.INPUTS,
             "outputs": op_spec.OUTPUTS, "num_heads": op_spec.ATTR_NUM_HEADS, "eps": op_spec.ATTR_EPS,
-            "default_eps": op_spec.DEFAULT_EPS}
+            "default_eps": op_spec.DEFAULT_EPS, "normalize": op_spec.ATTR_NORMALIZE,
+            "default_normalize": op_spec.DEFAULT_NORMALIZE}
     return [f"{k}: README {got[k]!r}, op_spec {v!r}" for k, v in want.items() if got[k] != v]
 
 
@@ -115,7 +122,8 @@ def test_the_plugin_is_the_node_tensorrt_resolves():
     and fills its fields from the attributes of the same names (README: "How TensorRT finds")."""
     assert (op_spec.TRT_PLUGIN_NAME, op_spec.TRT_PLUGIN_VERSION, op_spec.TRT_PLUGIN_NAMESPACE) == \
         (op_spec.OP_TYPE, "1", "")
-    assert (op_spec.TRT_FIELD_NUM_HEADS, op_spec.TRT_FIELD_EPS) == (op_spec.ATTR_NUM_HEADS, op_spec.ATTR_EPS)
+    assert (op_spec.TRT_FIELD_NUM_HEADS, op_spec.TRT_FIELD_EPS, op_spec.TRT_FIELD_NORMALIZE) == \
+        (op_spec.ATTR_NUM_HEADS, op_spec.ATTR_EPS, op_spec.ATTR_NORMALIZE)
 
 
 @pytest.mark.parametrize("old,new", [
@@ -125,6 +133,8 @@ def test_the_plugin_is_the_node_tensorrt_resolves():
     ('kFieldNumHeads = "num_heads"', 'kFieldNumHeads = "heads"'),
     ('kFieldEps = "eps"', 'kFieldEps = "epsilon"'),
     ("kDefaultEps = 1e-6F", "kDefaultEps = 1e-5F"),
+    ('kFieldNormalize = "normalize"', 'kFieldNormalize = "normalise"'),
+    ("kDefaultNormalize = 1;", "kDefaultNormalize = 0;"),
     ("namespace trt\n", "namespace tensorrt\n"),
 ])
 def test_header_drift_is_caught(old, new):
@@ -141,6 +151,8 @@ def test_header_drift_is_caught(old, new):
     ("| 1 | `present_state` |", "| 1 | `new_state` |"),
     ("| `eps` | float | default 1e-6", "| `eps` | float | default 1e-5"),
     ("| `num_heads` | int |", "| `heads` | int |"),
+    ("| `normalize` | int | default 1", "| `normalize` | int | default 0"),
+    ("| `normalize` | int |", "| `normalise` | int |"),
 ])
 def test_readme_drift_is_caught(old, new):
     text = README.read_text()

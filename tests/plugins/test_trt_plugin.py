@@ -54,7 +54,8 @@ def test_creator_found_by_name_version_namespace(trt, registry):
 def test_fields_are_the_node_attributes(trt, registry):
     creator = registry.get_creator(NAME, VERSION, NAMESPACE)
     got = [(f.name, f.type, f.size) for f in creator.field_names]
-    assert got == [("num_heads", trt.PluginFieldType.INT32, 1), ("eps", trt.PluginFieldType.FLOAT32, 1)]
+    assert got == [("num_heads", trt.PluginFieldType.INT32, 1), ("eps", trt.PluginFieldType.FLOAT32, 1),
+                   ("normalize", trt.PluginFieldType.INT32, 1)]
 
 
 @pytest.mark.parametrize("phase", ["BUILD", "RUNTIME"])
@@ -78,8 +79,12 @@ def test_create_plugin(trt, registry, phase):
         ({"num_heads": ([4.0], np.float32, "FLOAT32")}, "num_heads must be an integer"),
         ({"num_heads": ([4, 4], np.int32, "INT32")}, "must hold exactly one value"),
         ({"num_heads": ([4], np.int32, "INT32"), "chunk": ([64], np.int32, "INT32")}, "unknown field 'chunk'"),
+        ({"num_heads": ([4], np.int32, "INT32"), "normalize": ([2], np.int32, "INT32")}, "normalize must be 0 or 1, got 2"),
+        ({"num_heads": ([4], np.int32, "INT32"), "normalize": ([1.0], np.float32, "FLOAT32")},
+         "normalize must be an integer"),
     ],
-    ids=["missing-heads", "zero-heads", "negative-eps", "float-heads", "two-values", "unknown-field"],
+    ids=["missing-heads", "zero-heads", "negative-eps", "float-heads", "two-values", "unknown-field",
+         "normalize-2", "float-normalize"],
 )
 def test_bad_fields_rejected_with_a_message(trt, registry, capfd, bad, message):
     creator = registry.get_creator(NAME, VERSION, NAMESPACE)

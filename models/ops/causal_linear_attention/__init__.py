@@ -5,10 +5,11 @@
     chunk.py        the chunked parallel form, linear in T          q, k, v [B, H, T, D]
     recurrent.py    the one-token step                               q, k, v [B, H, D]
     naive.py        the oracles: a token loop and the masked quadratic form (tests only)
-    feature_map.py  φ, applied by the model to q and k before the op
+    feature_map.py  φ, applied by the model to q and k before the op (incl. the learnable map)
 
 The state is one fp32 tensor [B, H, Dk, Dv + 1]: the numerator S = Σ k vᵀ with the normaliser
-z = Σ k as its last column.
+z = Σ k as its last column; in the unnormalised form (``normalize=False``, o = qᵀS) it is
+[B, H, Dk, Dv], S alone.
 """
 
 from linexport.models.ops.causal_linear_attention.chunk import chunk_causal_linear_attention

@@ -21,19 +21,22 @@ _ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOA
 
 
 def single_node(lowering: str, chunk: int, Dk: int, Dv: int, dtype=torch.float32, eps=1e-6,
-                lowered_as: str = "prefill"):
-    """One op node in a graph of its own, lowered as the ``lowered_as`` graph's would be."""
+                lowered_as: str = "prefill", normalize: bool = True):
+    """One op node in a graph of its own, lowered as the ``lowered_as`` graph's would be
+    (``normalize`` False: the unnormalised form's node, state [B, H, Dk, Dv])."""
     t = _ONNX_TYPES[dtype]
+    extra = {} if normalize else {op_spec.ATTR_NORMALIZE: 0}
+    W = Dv + 1 if normalize else Dv
     node = helper.make_node(op_spec.OP_TYPE, list(op_spec.INPUTS), list(op_spec.OUTPUTS),
-                            domain=op_spec.DOMAIN, num_heads=H, eps=eps)
+                            domain=op_spec.DOMAIN, num_heads=H, eps=eps, **extra)
     graph = helper.make_graph(
         [node], "one_node",
         [helper.make_tensor_value_info("query", t, ["B", "T", H * Dk]),
          helper.make_tensor_value_info("key", t, ["B", "T", H * Dk]),
          helper.make_tensor_value_info("value", t, ["B", "T", H * Dv]),
-         helper.make_tensor_value_info("past_state", TensorProto.FLOAT, ["B", H, Dk, Dv + 1])],
+         helper.make_tensor_value_info("past_state", TensorProto.FLOAT, ["B", H, Dk, W])],
         [helper.make_tensor_value_info("output", t, ["B", "T", H * Dv]),
-         helper.make_tensor_value_info("present_state", TensorProto.FLOAT, ["B", H, Dk, Dv + 1])])
+         helper.make_tensor_value_info("present_state", TensorProto.FLOAT, ["B", H, Dk, W])])
     opset = op_spec.DEFAULT_OPSET[lowering]
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(op_spec.DOMAIN, 1)])
@@ -54,12 +57,13 @@ def inputs(T, Dk, Dv, with_state):
     return q, k, v, state
 
 
-def run(session, q, k, v, state, dtype=torch.float32):
+def run(session, q, k, v, state, dtype=torch.float32, normalize=True):
     """[B, H, T, D] fp64 tensors -> ORT in the op's [B, T, H*D] layout -> [B, H, T, Dv], state."""
     Bq, Hq, T, _ = q.shape
     Dv = v.shape[-1]
     flat = lambda t: t.transpose(1, 2).reshape(Bq, T, -1).to(dtype).numpy()  # noqa: E731
-    past = state if state is not None else torch.zeros(Bq, Hq, q.shape[-1], Dv + 1, dtype=torch.float64)
+    past = state if state is not None else torch.zeros(Bq, Hq, q.shape[-1], Dv + (1 if normalize else 0),
+                                                       dtype=torch.float64)
     o, s = session.run(None, {"query": flat(q), "key": flat(k), "value": flat(v),
                               "past_state": past.float().numpy()})
     assert s.dtype == np.float32
@@ -160,3 +164,65 @@ def test_function_body_is_linear_standard_ops():
     assert all(n.domain in ("", "ai.onnx") for n in fn.node)
     assert (fn.domain, fn.name) == (op_spec.DOMAIN, op_spec.OP_TYPE)
     assert list(fn.input) == list(op_spec.INPUTS) and list(fn.output) == list(op_spec.OUTPUTS)
+
+
+# -- the unnormalised form (normalize = 0): o = qᵀS, state [B, H, Dk, Dv] ----------------------
+def signed_inputs(T, Dk, Dv, with_state):
+    """Features of either sign (identity / learnable maps): nothing to keep a normaliser positive."""
+    g = torch.Generator().manual_seed(T * 7 + Dk)
+    q, k, v = (torch.randn(B, H, T, d, generator=g, dtype=torch.float64) for d in (Dk, Dk, Dv))
+    state = torch.randn(B, H, Dk, Dv, generator=g, dtype=torch.float64) if with_state else None
+    return q, k, v, state
+
+
+def unnormalised_oracle(q, k, v, state):
+    """o_t = q_tᵀ S_t written as masked quadratic attention (an oracle independent of the loop):
+    tril(q kᵀ) v, plus q S_0."""
+    T = q.shape[2]
+    scores = torch.einsum("bhid,bhjd->bhij", q, k).masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), 0)
+    o = scores @ v + (0 if state is None else q @ state)
+    S = torch.einsum("bhtd,bhte->bhde", k, v) + (0 if state is None else state)
+    return o, S
+
+
+UNNORMALISED_CASES = [(lo, graph, T) for lo, graph in (("function", "prefill"), ("function", "decode"),
+                                                      ("standard", "prefill"))
+                      for T in ([1] if graph == "decode" else [1, 15, 17, 97])]  # decode: one token
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "past-state"])
+@pytest.mark.parametrize("lowering,lowered_as,T", UNNORMALISED_CASES,
+                         ids=[f"{lo}-{graph}-T{T}" for lo, graph, T in UNNORMALISED_CASES])
+def test_unnormalised_lowerings_match_the_oracles(lowering, lowered_as, T, with_state):
+    q, k, v, state = signed_inputs(T, 11, 6, with_state)
+    ref_o, ref_s = naive_causal_linear_attention(q, k, v, 1e-6, state, normalize=False)
+    quad_o, quad_s = unnormalised_oracle(q, k, v, state)
+    assert rel_err(ref_o, quad_o) < 1e-12 and rel_err(ref_s, quad_s) < 1e-12
+    session = single_node(lowering, 16, 11, 6, lowered_as=lowered_as, normalize=False)
+    o, s = run(session, q, k, v, state, normalize=False)
+    assert s.shape == (B, H, 11, 6)
+    assert rel_err(o, ref_o) < 1e-5 and rel_err(s, ref_s) < 1e-5
+
+
+def test_unnormalised_bodies_have_no_normaliser():
+    """No ones column (the Pad of v), no division; the body declares the attribute its node carries."""
+    pads = lambda fn: [n.op_type for n in fn.node].count("Pad")  # noqa: E731
+    pairs = ((function_proto(16, 20, normalize=False), function_proto(16, 20)),
+             (step_function_proto(20, normalize=False), step_function_proto(20)))
+    for fn, normalised in pairs:
+        assert "Div" not in {n.op_type for n in fn.node} and "Div" in {n.op_type for n in normalised.node}
+        assert pads(fn) == pads(normalised) - 1  # the chunked body still pads T to whole chunks
+        assert op_spec.ATTR_NORMALIZE in {a.name for a in fn.attribute_proto}
+    normalised = function_proto(16, 20)
+    assert op_spec.ATTR_NORMALIZE not in {a.name for a in normalised.attribute_proto}  # as it always was
+
+
+def test_a_graph_mixing_the_forms_is_refused():
+    from linexport.errors import LinexportError
+    from linexport.export.ops.causal_linear_attention import graph_normalize
+
+    nodes = [helper.make_node(op_spec.OP_TYPE, list(op_spec.INPUTS), [f"o{i}", f"s{i}"], domain=op_spec.DOMAIN,
+                              num_heads=H, **({} if i == 0 else {op_spec.ATTR_NORMALIZE: 0})) for i in range(2)]
+    graph = helper.make_graph(nodes, "two", [], [])
+    with pytest.raises(LinexportError, match="share one normalize value"):
+        graph_normalize(helper.make_model(graph))

@@ -81,3 +81,29 @@ def test_low_precision_inputs_keep_fp32_state(dtype):
                                                  v.to(dtype).double(), 1e-6)
     assert rel_err(o.double(), o_rounded) < 2 * torch.finfo(dtype).eps
     assert rel_err(s, ref_s) < 4 * torch.finfo(dtype).eps
+
+
+# -- the unnormalised form: o = qᵀS, state [B, H, Dk, Dv] ---------------------------------------
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 97], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "initial-state"])
+def test_unnormalised_chunk_and_steps_match_naive(T, with_state):
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 3, T, d, generator=g, dtype=torch.float64) for d in (7, 7, 5))  # signed
+    init = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64) if with_state else None
+    ref_o, ref_s = naive_causal_linear_attention(q, k, v, 1e-6, init, normalize=False)
+    # The naive loop against its definition: o_t = q_tᵀ (S_0 + Σ_{s<=t} k_s v_sᵀ).
+    S = torch.zeros(2, 3, 7, 5, dtype=torch.float64) if init is None else init.clone()
+    for t in range(T):
+        S = S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        assert rel_err(ref_o[:, :, t], torch.einsum("bhd,bhde->bhe", q[:, :, t], S)) < 1e-12
+    assert rel_err(ref_s, S) < 1e-12
+    o, s = chunk_causal_linear_attention(q.float(), k.float(), v.float(), 1e-6, chunk_size=16,
+                                         initial_state=None if init is None else init.float(), normalize=False)
+    assert s.shape == (2, 3, 7, 5) and rel_err(o, ref_o) < 1e-5 and rel_err(s, ref_s) < 1e-5
+    state = torch.zeros(2, 3, 7, 5) if init is None else init.float()
+    outs = []
+    for t in range(T):
+        o_t, state = step_causal_linear_attention(q[:, :, t].float(), k[:, :, t].float(), v[:, :, t].float(),
+                                                  state, 1e-6, normalize=False)
+        outs.append(o_t)
+    assert rel_err(torch.stack(outs, 2), ref_o) < 1e-5 and rel_err(state, ref_s) < 1e-5

@@ -32,6 +32,37 @@ def test_gradcheck_all_four_inputs(T):
                                     eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("T", [1, 7, 67], ids=lambda t: f"T{t}")
+def test_gradcheck_unnormalised(T):
+    """normalize=False: state [B, H, Dk, Dv], signed features (q and k small: the sums over T are
+    not divided, and finite differences of outputs ~70 would lose the digits gradcheck wants)."""
+    H, Dk, Dv = 2, 3, 4
+    g = torch.Generator().manual_seed(T)
+    inputs = [(0.2 * torch.randn(2, T, H * Dk, generator=g, dtype=torch.float64)).requires_grad_(),
+              (0.2 * torch.randn(2, T, H * Dk, generator=g, dtype=torch.float64)).requires_grad_(),
+              torch.randn(2, T, H * Dv, generator=g, dtype=torch.float64).requires_grad_(),
+              torch.randn(2, H, Dk, Dv, generator=g, dtype=torch.float64).requires_grad_()]
+    assert torch.autograd.gradcheck(lambda *a: causal_linear_attention(*a, H, 1e-6, 16, False), inputs,
+                                    eps=1e-6, atol=1e-8, rtol=1e-6)
+    q, k, v, past = (t.detach() for t in inputs)
+    split = lambda t: t.view(2, T, H, -1).transpose(1, 2)  # noqa: E731
+    ref_o, ref_s = naive_causal_linear_attention(split(q), split(k), split(v), 1e-6, past, normalize=False)
+    o, s = causal_linear_attention(q.float(), k.float(), v.float(), past.float(), H, 1e-6, 16, False)
+    assert rel_err(o.view(2, T, H, Dv).transpose(1, 2), ref_o) < 1e-5 and rel_err(s, ref_s) < 1e-5
+    torch.library.opcheck(torch.ops.linexport.causal_linear_attention.default,
+                          (q.float(), k.float(), v.float(), past.float(), H, 1e-6, 16, False))
+
+
+def test_a_state_of_the_other_form_is_refused():
+    from linexport.errors import LinexportError
+
+    q, k, v, past = (t.detach().float() for t in _op_inputs(1, 3, 2, 4, 3))  # past: [1, 2, 4, 3 + 1]
+    with pytest.raises(LinexportError, match=r"expected past_state's last dim to be 3 \(Dv, normalize=False\)"):
+        causal_linear_attention(q, k, v, past, 2, 1e-6, 16, False)
+    with pytest.raises(LinexportError, match=r"expected past_state's last dim to be 4 \(Dv \+ 1"):
+        causal_linear_attention(q, k, v, past[..., :3], 2, 1e-6)
+
+
 def test_gradcheck_with_only_one_output_used():
     """A loss on output alone or present_state alone (None for the other output's grad)."""
     H = 2
