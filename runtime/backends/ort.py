@@ -68,12 +68,20 @@ def open_sessions(prefill_path: Path, decode_path: Path, num_slots: int, device:
             "device 'cuda' needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime "
             f"offers {available}: pip uninstall onnxruntime && pip install onnxruntime-gpu")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return load_session(prefill_path, threads, providers), load_session(decode_path, threads, providers)
+    return (load_session(prefill_path, threads, providers, memory_pattern=False),
+            load_session(decode_path, threads, providers))
 
 
-def load_session(path: Path, threads: int = 0, providers=("CPUExecutionProvider",)):
+def load_session(path: Path, threads: int = 0, providers=("CPUExecutionProvider",), memory_pattern: bool = True):
     """One ONNX Runtime session over the graph at ``path``, the one loader of the runtime and of
-    `linexport verify`: every way loading can fail is one LinexportError."""
+    `linexport verify`: every way loading can fail is one LinexportError.
+
+    ``memory_pattern=False`` for the prefill session: ONNX Runtime's memory pattern plans one
+    block per input shape from a run's allocations and allocates it *beside* the arena's blocks
+    from that first run, so from the second chunk of a long prompt on the session held both —
+    a 4,096-token chunk of the 4-layer d384 model peaked 440 MiB over its weights instead of
+    235 MiB, at the same speed (within 3 %). The decode session's shapes are tiny and fixed:
+    it keeps the pattern."""
     ort = _import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -87,6 +95,7 @@ def load_session(path: Path, threads: int = 0, providers=("CPUExecutionProvider"
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if threads:
         opts.intra_op_num_threads = threads
+    opts.enable_mem_pattern = memory_pattern
     try:
         return ort.InferenceSession(str(path), opts, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types per failure kind
