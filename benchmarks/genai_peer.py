@@ -46,11 +46,13 @@ WARM_PROMPT = 64  # a process's untimed first prompt (tokens) and step before th
 
 
 # -- one model, one context, in a process of its own ----------------------------------------------
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+def _memory(field: str) -> int:
+    from linexport.runtime.benchmark_prefill import status_bytes
+
+    value = status_bytes(field)
+    if value is None:
+        raise SystemExit(f"this benchmark reads {field} from /proc/self/status: run it on Linux")
+    return value
 
 
 def worker(spec: dict) -> dict:
@@ -63,7 +65,7 @@ def worker(spec: dict) -> dict:
         import onnxruntime_genai as og
 
         model = og.Model(spec["folder"])
-        loaded = _status_bytes("VmRSS")
+        loaded = _memory("VmRSS")
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=context + new, do_sample=False)
         warm = og.Generator(model, params)  # a first run pays the sessions' one-time costs
@@ -86,7 +88,7 @@ def worker(spec: dict) -> dict:
 
         folder = Path(spec["folder"])
         backend = OrtBackend(folder / "prefill.onnx", folder / "decode.onnx", 1, threads=threads)
-        loaded = _status_bytes("VmRSS")
+        loaded = _memory("VmRSS")
         warm = ingest(backend, [prompt[:WARM_PROMPT].tolist()], [0], [0], PROMPT_CHUNK, None)
         backend.decode([0], np.array([int(warm[0].argmax())]), np.array([min(context, WARM_PROMPT)]))
         start = time.perf_counter()  # the prompt below starts the slot afresh (position 0)
@@ -102,7 +104,7 @@ def worker(spec: dict) -> dict:
     assert len(tokens) == new, (len(tokens), new)
     return {"prefill_s": prefill, "prefill_tokens_per_s": context / prefill, "generate_s": sum(steps),
             "decode_ms": 1e3 * float(np.median(steps[1:])), "loaded_bytes": loaded,
-            "peak_bytes": _status_bytes("VmHWM")}
+            "peak_bytes": _memory("VmHWM")}
 
 
 def run_worker(spec: dict) -> dict:

@@ -85,7 +85,7 @@ def _child(spec: dict) -> dict:
             ingest(model.backend, ids, slots, np.zeros(batch, np.int64), chunk)
     _settle()
     peak_tracking = _reset_peak()
-    baseline = _status_bytes("VmRSS")
+    baseline = status_bytes("VmRSS")
     start = time.perf_counter()
     run()
     cold = time.perf_counter() - start
@@ -95,7 +95,7 @@ def _child(spec: dict) -> dict:
         run()
         warm.append(time.perf_counter() - start)
     median = float(np.median(warm)) if warm else cold
-    peak = _status_bytes("VmHWM") - baseline if peak_tracking else None
+    peak = status_bytes("VmHWM") - baseline if peak_tracking else None
     row = {"seq": seq, "status": "ok", "tokens_per_s": batch * seq / median, "seconds_median": median,
            "seconds": warm, "cold_seconds": cold, "peak_bytes": peak, "baseline_bytes": baseline}
     if chunk is not None:
@@ -127,7 +127,8 @@ def _reset_peak() -> bool:
     return True
 
 
-def _status_bytes(field: str) -> int | None:
+def status_bytes(field: str) -> int | None:
+    """A /proc/self/status memory field (VmRSS, VmHWM, ...) in bytes; None off Linux."""
     try:
         text = Path("/proc/self/status").read_text()
     except OSError:

@@ -13,11 +13,10 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from linexport.runtime.backends.ort import OrtBackend
+from linexport.runtime.benchmark_prefill import status_bytes
 
 def mib(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+    return status_bytes(field) / 2 ** 20
 
 out, chunk = Path(sys.argv[1]), int(sys.argv[2])
 backend = OrtBackend(out / "prefill.onnx", out / "decode.onnx", 3, threads=2)
